@@ -1,0 +1,254 @@
+"""Behaviour cloning of a flow policy on an offline dataset.
+
+    data = OfflineDataset.load_npz("hopper_medium.npz")
+    bc = FlowBC.from_dataset(data, env=gym.make("Hopper-v5"), config=BCConfig(steps=20_000))
+    bc.learn(tensorboard_log="runs/bc")
+    bc.actor_ema.save("bc.pt")          # EMA weights: what downstream RL loads
+
+The trainer minimises :meth:`FlowActor.bc_loss` (flow matching, or flow matching plus
+shortcut self-consistency) with Adam, clips gradients, keeps an EMA copy of the actor, logs
+``train/*`` scalars to TensorBoard and refuses to apply a step whose loss is not finite.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import torch
+from tqdm.auto import tqdm
+
+from flowrl.data.datasets import OfflineDataset
+from flowrl.data.normalizers import Normalizer
+from flowrl.flow.times import make_time_sampler
+from flowrl.nets.ema import EMA
+from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
+
+__all__ = ["BCConfig", "FlowBC"]
+
+
+@dataclass
+class BCConfig:
+    """Optimisation settings of behaviour cloning.
+
+    Attributes:
+        steps: Gradient steps to take in total.
+        batch_size: Rows per step, sampled with replacement.
+        lr: Adam learning rate (cosine-decayed to ``lr * final_lr_fraction``).
+        final_lr_fraction: Learning rate at the last step relative to ``lr``.
+        weight_decay: AdamW weight decay.
+        grad_clip: Max global gradient norm (``None`` disables clipping).
+        ema_decay: Decay of the EMA weights (0 keeps a plain copy of the last weights).
+        time_sampler: ``"uniform"``, ``"logit_normal"`` or ``"beta"``.
+        time_sampler_kwargs: Fields of that sampler.
+        seed: Seed of the trainer's RNG (batches, times, noise).
+        log_interval: Steps between TensorBoard writes.
+        device: Torch device.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    time_sampler: str = "uniform"
+    time_sampler_kwargs: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    log_interval: int = 100
+    device: str = "cpu"
+
+
+class FlowBC:
+    """Trains a :class:`FlowActor` by behaviour cloning.
+
+    Args:
+        actor: The actor to train (its normalizers must already be set).
+        dataset: Offline (observation, action) pairs.
+        config: Optimisation settings.
+    """
+
+    def __init__(self, actor: FlowActor, dataset: OfflineDataset, config: BCConfig | None = None):
+        self.config = config or BCConfig()
+        if actor.config.obs_dim != dataset.obs_dim or actor.config.action_dim != dataset.action_dim:
+            raise ValueError(
+                f"actor expects (Do, Da) = ({actor.config.obs_dim}, {actor.config.action_dim}) "
+                f"but the dataset has ({dataset.obs_dim}, {dataset.action_dim})"
+            )
+        self.device = torch.device(self.config.device)
+        self.actor = actor.to(self.device)
+        self.dataset = dataset
+        self.ema = EMA(self.actor, self.config.ema_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.actor.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer,
+            T_max=max(self.config.steps, 1),
+            eta_min=self.config.lr * self.config.final_lr_fraction,
+        )
+        self.time_sampler = make_time_sampler(
+            self.config.time_sampler, **self.config.time_sampler_kwargs
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.step = 0
+        self.losses: list[float] = []
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: OfflineDataset,
+        env: gym.Env | None = None,
+        actor_config: dict[str, Any] | None = None,
+        config: BCConfig | None = None,
+    ) -> FlowBC:
+        """Build an actor sized and normalized for ``dataset`` and wrap it in a trainer.
+
+        Observations get a Gaussian normalizer fitted on the data. Actions are normalized by
+        the env's action box when ``env`` is given (the flow's [−1, 1] box is then the
+        env's box); without an env, by the data's range.
+
+        Args:
+            dataset: Offline data.
+            env: Optional env whose spaces the dataset must match.
+            actor_config: Overrides of :class:`FlowActorConfig` fields (width, depth, …).
+            config: Optimisation settings.
+
+        Returns:
+            The trainer.
+        """
+        if env is not None:
+            dataset.check_spaces(env.observation_space, env.action_space)
+            space = env.action_space
+            action_norm = Normalizer.box(space.low, space.high)  # type: ignore[attr-defined]
+        else:
+            action_norm = Normalizer.from_data_range(dataset.actions)
+        obs_norm = Normalizer.gaussian(dataset.observations)
+        actor_cfg = FlowActorConfig(
+            obs_dim=dataset.obs_dim, action_dim=dataset.action_dim, **(actor_config or {})
+        )
+        return cls(FlowActor(actor_cfg, obs_norm, action_norm), dataset, config)
+
+    @property
+    def actor_ema(self) -> FlowActor:
+        """The EMA copy of the actor (use it for evaluation and as the RL starting point)."""
+        return self.ema.shadow  # type: ignore[return-value]
+
+    def train_step(self) -> dict[str, float]:
+        """Take one gradient step; return its scalars.
+
+        Raises:
+            FloatingPointError: If the loss is NaN or inf; the step is not applied.
+        """
+        obs, actions = self.dataset.sample(
+            self.config.batch_size, generator=self.generator, device=self.device
+        )
+        self.actor.train()
+        terms = self.actor.bc_loss(
+            obs, actions, time_sampler=self.time_sampler, generator=self.generator
+        )
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"BC loss is {loss.item()} at step {self.step}; the update was not applied. "
+                "Check the dataset for extreme values and lower the learning rate."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.actor.parameters(), self.config.grad_clip or float("inf")
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.actor)
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def learn(
+        self,
+        steps: int | None = None,
+        *,
+        tensorboard_log: str | os.PathLike | None = None,
+        progress_bar: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_interval: int = 1000,
+    ) -> FlowBC:
+        """Train until ``steps`` total steps (default ``config.steps``) have been taken.
+
+        Args:
+            steps: Total step count to reach (counting steps already taken).
+            tensorboard_log: Folder for TensorBoard event files (``train/<name>`` scalars).
+            progress_bar: Show a tqdm bar.
+            checkpoint_path: If set, save a resumable trainer checkpoint there every
+                ``checkpoint_interval`` steps and at the end.
+            checkpoint_interval: Steps between checkpoints.
+
+        Returns:
+            ``self``.
+        """
+        total = self.config.steps if steps is None else steps
+        writer = None
+        if tensorboard_log is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.fspath(tensorboard_log))
+        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc="BC")
+        try:
+            while self.step < total:
+                scalars = self.train_step()
+                self.losses.append(scalars["loss"])
+                bar.update(1)
+                if self.step % self.config.log_interval == 0 or self.step == total:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                    if writer is not None:
+                        for name, value in scalars.items():
+                            writer.add_scalar(f"train/{name}", value, self.step)
+                if checkpoint_path is not None and self.step % checkpoint_interval == 0:
+                    self.save_checkpoint(checkpoint_path)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if checkpoint_path is not None:
+            self.save_checkpoint(checkpoint_path)
+        return self
+
+    # ------------------------------------------------------------------ resumable state
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Save everything needed to resume training bit for bit (atomic write)."""
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        state = {
+            "actor": self.actor.checkpoint(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "losses": self.losses,
+            "config": asdict(self.config),
+        }
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    @classmethod
+    def load_checkpoint(cls, path: str | os.PathLike, dataset: OfflineDataset) -> FlowBC:
+        """Resume a trainer saved by :meth:`save_checkpoint` on the same dataset."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no BC checkpoint at {os.fspath(path)!r}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        trainer = cls(FlowActor.from_checkpoint(state["actor"]), dataset, BCConfig(**state["config"]))
+        trainer.ema.load_state_dict(state["ema"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.generator.set_state(state["generator"])
+        trainer.step = state["step"]
+        trainer.losses = list(state["losses"])
+        return trainer

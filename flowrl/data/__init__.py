@@ -1,0 +1,34 @@
+"""Offline datasets, normalisation and toy data for flowrl.
+
+* :class:`OfflineDataset` holds validated flat transition arrays (D4RL layout);
+  :func:`load_dataset` builds one from a ``.npz`` file, a dict of arrays or a Minari id.
+* :func:`load_minari` / :func:`save_minari` convert from and to Minari datasets (minari is
+  only imported when they are called).
+* :class:`Normalizer` is the per-feature affine scaling that travels inside checkpoints.
+* :mod:`flowrl.data.toy` has 2-D Gaussian mixtures for demos and tests.
+"""
+
+from flowrl.data.datasets import KEYS, OfflineDataset, load_dataset
+from flowrl.data.minari_io import load_minari, save_minari
+from flowrl.data.normalizers import Normalizer
+from flowrl.data.toy import (
+    MIXTURE_STD,
+    assign_modes,
+    mixture_centers,
+    mixture_dataset,
+    sample_mixture,
+)
+
+__all__ = [
+    "KEYS",
+    "MIXTURE_STD",
+    "Normalizer",
+    "OfflineDataset",
+    "assign_modes",
+    "load_dataset",
+    "load_minari",
+    "mixture_centers",
+    "mixture_dataset",
+    "sample_mixture",
+    "save_minari",
+]

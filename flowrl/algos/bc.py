@@ -244,7 +244,9 @@ class FlowBC:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no BC checkpoint at {os.fspath(path)!r}")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        trainer = cls(FlowActor.from_checkpoint(state["actor"]), dataset, BCConfig(**state["config"]))
+        trainer = cls(
+            FlowActor.from_checkpoint(state["actor"]), dataset, BCConfig(**state["config"])
+        )
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])

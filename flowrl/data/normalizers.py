@@ -48,6 +48,10 @@ class Normalizer(nn.Module):
     Args:
         shift: (D,) value subtracted from each feature.
         scale: (D,) positive divisor of each feature.
+        low: (D,) raw-unit lower bounds that :meth:`unnormalize` clamps to when asked
+            (−inf if None). Kept exactly as given, because ``shift − scale`` rounded to
+            float32 can fall one ulp outside the box it came from.
+        high: (D,) raw-unit upper bounds (+inf if None).
 
     Raises:
         ValueError: Shapes differ, a statistic is non-finite, or a scale is not positive.
@@ -55,8 +59,16 @@ class Normalizer(nn.Module):
 
     shift: torch.Tensor
     scale: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
 
-    def __init__(self, shift: torch.Tensor | np.ndarray, scale: torch.Tensor | np.ndarray) -> None:
+    def __init__(
+        self,
+        shift: torch.Tensor | np.ndarray,
+        scale: torch.Tensor | np.ndarray,
+        low: torch.Tensor | np.ndarray | None = None,
+        high: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         shift_t = _as_vector("shift", shift)
         scale_t = _as_vector("scale", scale)
@@ -72,8 +84,14 @@ class Normalizer(nn.Module):
         bad = torch.nonzero(scale_t <= 0).flatten().tolist()
         if bad:
             raise ValueError(f"scale must be > 0 in every dim, got <= 0 in dims {bad}")
+        low_t = _as_vector("low", low) if low is not None else torch.full_like(shift_t, -np.inf)
+        high_t = _as_vector("high", high) if high is not None else torch.full_like(shift_t, np.inf)
+        if low_t.shape != shift_t.shape or high_t.shape != shift_t.shape:
+            raise ValueError(f"low and high must have shape {tuple(shift_t.shape)}")
         self.register_buffer("shift", shift_t)
         self.register_buffer("scale", scale_t)
+        self.register_buffer("low", low_t)
+        self.register_buffer("high", high_t)
 
     @classmethod
     def gaussian(cls, data: np.ndarray | torch.Tensor, eps: float = 1e-6) -> Normalizer:
@@ -124,7 +142,12 @@ class Normalizer(nn.Module):
         bad = np.flatnonzero(high_a <= low_a).tolist()
         if bad:
             raise ValueError(f"box needs high > low in every dim, but high <= low in dims {bad}")
-        return cls(torch.from_numpy((high_a + low_a) / 2), torch.from_numpy((high_a - low_a) / 2))
+        return cls(
+            torch.from_numpy((high_a + low_a) / 2),
+            torch.from_numpy((high_a - low_a) / 2),
+            low=torch.from_numpy(low_a),
+            high=torch.from_numpy(high_a),
+        )
 
     @classmethod
     def from_data_range(
@@ -175,7 +198,13 @@ class Normalizer(nn.Module):
         missing = [f"{prefix}{key}" for key in ("shift", "scale") if f"{prefix}{key}" not in state]
         if missing:
             raise KeyError(f"state is missing {missing}; it has keys {sorted(state)}")
-        return cls(state[f"{prefix}shift"], state[f"{prefix}scale"])
+        # low/high are optional so that states saved before they existed still load.
+        return cls(
+            state[f"{prefix}shift"],
+            state[f"{prefix}scale"],
+            low=state.get(f"{prefix}low"),
+            high=state.get(f"{prefix}high"),
+        )
 
     @property
     def dim(self) -> int:
@@ -206,17 +235,22 @@ class Normalizer(nn.Module):
         self._check(x)
         return (x - self.shift) / self.scale
 
-    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+    def unnormalize(self, x: torch.Tensor, clip: bool = False) -> torch.Tensor:
         """Maps normalised values back to raw ones (inverse of :meth:`normalize`).
 
         Args:
             x: (..., D) normalised values.
+            clip: Clamp to [−1, 1] first and to the raw bounds ``[low, high]`` after, so the
+                result lies in the original box exactly (e.g. passes ``Box.contains``).
 
         Returns:
             (..., D) raw values.
         """
         self._check(x)
-        return x * self.scale + self.shift
+        if not clip:
+            return x * self.scale + self.shift
+        raw = x.clamp(-1.0, 1.0) * self.scale + self.shift
+        return torch.minimum(torch.maximum(raw, self.low), self.high)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`normalize`."""

@@ -11,8 +11,10 @@ __all__ = ["EMA"]
 
 
 class EMA(nn.Module):
-    """Keeps ``shadow ← decay·shadow + (1 − decay)·θ`` for every floating parameter and buffer.
+    """Keeps ``shadow ← decay·shadow + (1 − decay)·θ`` for every parameter θ of a module.
 
+    Buffers (normalizer statistics, counters) are copied, not averaged: they are not
+    trained by gradient steps, and averaging would turn an infinite bound into NaN.
     The effective decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so
     early averages are not dominated by the random initialisation.
 
@@ -34,10 +36,10 @@ class EMA(nn.Module):
         """Move the shadow towards ``model``'s current weights."""
         n = int(self.num_updates.item())
         decay = min(self.decay, (1 + n) / (10 + n))
-        model_state = model.state_dict()
-        for name, value in self.shadow.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(model_state[name].detach(), 1.0 - decay)
-            else:
-                value.copy_(model_state[name])
+        params = dict(model.named_parameters())
+        for name, value in self.shadow.named_parameters():
+            value.lerp_(params[name].detach(), 1.0 - decay)
+        buffers = dict(model.named_buffers())
+        for name, value in self.shadow.named_buffers():
+            value.copy_(buffers[name])
         self.num_updates += 1

@@ -171,6 +171,8 @@ class VelocityMLP(nn.Module):
                 got = None if cond is None else tuple(cond.shape)
                 raise ValueError(f"cond must have shape ({x.shape[0]}, {self.cond_dim}), got {got}")
             parts.append(cond)
+        elif cond is not None and cond.numel():
+            raise ValueError("this network has no conditioning input (cond_dim=0): omit cond")
         parts.append(self.time_embedding(t))
         if self.step_embedding is not None:
             if d is None:

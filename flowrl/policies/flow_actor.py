@@ -61,7 +61,9 @@ class FlowActorConfig:
 
     def __post_init__(self) -> None:
         if self.obs_dim < 0 or self.action_dim < 1:
-            raise ValueError(f"need obs_dim >= 0, action_dim >= 1, got {self.obs_dim}, {self.action_dim}")
+            raise ValueError(
+                f"need obs_dim >= 0, action_dim >= 1, got {self.obs_dim}, {self.action_dim}"
+            )
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.num_steps < 1:
@@ -174,11 +176,16 @@ class FlowActor(nn.Module):
         Returns:
             Normalized actions a^K, shape (B, Da) (not clipped).
         """
-        num_steps = num_steps or self.config.num_steps
+        num_steps = self.config.num_steps if num_steps is None else num_steps
         obs_n = self.normalize_obs(obs)
         if noise is None:
             noise = torch.randn(
                 obs.shape[0], self.config.action_dim, generator=generator, device=obs.device
+            )
+        elif noise.shape != (obs.shape[0], self.config.action_dim):
+            raise ValueError(
+                f"noise must have shape ({obs.shape[0]}, {self.config.action_dim}) to match "
+                f"the observations, got {tuple(noise.shape)}"
             )
         velocity = self.velocity_fn(obs_n, num_steps)
         return integrate(velocity, noise, num_steps, method or self.config.method)  # type: ignore[arg-type]
@@ -201,15 +208,14 @@ class FlowActor(nn.Module):
             method: Integrator.
             noise: Initial a⁰, shape (B, Da).
             generator: RNG for the initial noise.
-            clip: Clip to the normalized box [−1, 1] before mapping to env units.
+            clip: Clip to the action box (the normalized [−1, 1] box, then the exact
+                env-unit bounds when the normalizer was built by ``Normalizer.box``).
 
         Returns:
             Actions, shape (B, Da).
         """
         a = self.sample_normalized(obs, num_steps, method, noise=noise, generator=generator)
-        if clip:
-            a = a.clamp(-1.0, 1.0)
-        return self.action_normalizer.unnormalize(a)
+        return self.action_normalizer.unnormalize(a, clip=clip)
 
     # ------------------------------------------------------------------ training
 
@@ -245,7 +251,9 @@ class FlowActor(nn.Module):
         noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
         time_sampler = time_sampler or UniformTime()
         if not self.config.shortcut:
-            t = time_sampler(data.shape[0], device=data.device, dtype=data.dtype, generator=generator)
+            t = time_sampler(
+                data.shape[0], device=data.device, dtype=data.dtype, generator=generator
+            )
             loss = flow_matching_loss(lambda tt, x: self.velocity(tt, x, obs_n), data, t, noise)
             return {"loss": loss}
         terms = shortcut_loss(
@@ -287,7 +295,9 @@ class FlowActor(nn.Module):
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> FlowActor:
         """Rebuild an actor from :meth:`checkpoint`'s dict, refusing foreign checkpoints."""
         if not isinstance(ckpt, dict) or "class" not in ckpt or "state_dict" not in ckpt:
-            raise ValueError("not a flowrl checkpoint: expected a dict with 'class' and 'state_dict'")
+            raise ValueError(
+                "not a flowrl checkpoint: expected a dict with 'class' and 'state_dict'"
+            )
         if ckpt["class"] != cls.__name__:
             raise ValueError(
                 f"checkpoint holds a {ckpt['class']!r}, not a {cls.__name__!r}: "
@@ -303,8 +313,8 @@ class FlowActor(nn.Module):
         state = ckpt["state_dict"]
         actor = cls(
             config,
-            Normalizer.from_state_dict(_prefixed(state, "obs_normalizer.")),
-            Normalizer.from_state_dict(_prefixed(state, "action_normalizer.")),
+            Normalizer.from_state_dict(state, prefix="obs_normalizer."),
+            Normalizer.from_state_dict(state, prefix="action_normalizer."),
         )
         actor.load_state_dict(state)
         return actor
@@ -324,8 +334,3 @@ class FlowActor(nn.Module):
         except Exception as err:  # pickle/zip errors differ across torch versions
             raise ValueError(f"cannot read checkpoint {os.fspath(path)!r}: {err}") from err
         return cls.from_checkpoint(ckpt)
-
-
-def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """Sub-dict of ``state`` under ``prefix`` with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

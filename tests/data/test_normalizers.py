@@ -101,10 +101,14 @@ def test_invalid_scale_rejected():
 def test_state_dict_round_trip():
     norm = Normalizer.gaussian(data())
     state = norm.state_dict()
-    assert set(state) == {"shift", "scale"}
+    assert set(state) == {"shift", "scale", "low", "high"}
     restored = Normalizer.from_state_dict(state)
     torch.testing.assert_close(restored.shift, norm.shift)
     torch.testing.assert_close(restored.scale, norm.scale)
+    assert torch.equal(restored.low, norm.low) and torch.equal(restored.high, norm.high)
+    # States written before low/high existed still load, with an unbounded box.
+    legacy = Normalizer.from_state_dict({"shift": state["shift"], "scale": state["scale"]})
+    assert torch.isinf(legacy.low).all() and torch.isinf(legacy.high).all()
     other = Normalizer.identity(3)
     other.load_state_dict(state)
     torch.testing.assert_close(other.scale, norm.scale)
@@ -131,10 +135,29 @@ def test_dim_mismatch_raises():
 
 def test_buffers_follow_module_conversions():
     norm = Normalizer.gaussian(data())
-    assert {name for name, _ in norm.named_buffers()} == {"shift", "scale"}
+    assert {name for name, _ in norm.named_buffers()} == {"shift", "scale", "low", "high"}
     assert "dim=3" in repr(norm)
     # .to() converts buffers like any module state (a device move works the same way).
     double = Normalizer.gaussian(data()).to(torch.float64)
     assert double.shift.dtype == torch.float64
     out = double.normalize(torch.zeros(2, 3, dtype=torch.float64))
     torch.testing.assert_close(out, norm.normalize(torch.zeros(2, 3)).double())
+
+
+def test_unnormalize_with_clip_lands_exactly_in_the_box():
+    # 0.225 − 0.125 rounds to 0.099999994 < 0.1 in float32: clip must use the bounds as given.
+    low = np.array([-0.3, 0.1], dtype=np.float32)
+    high = np.array([0.7, 0.35], dtype=np.float32)
+    norm = Normalizer.box(low, high)
+    x = torch.tensor([[-3.0, -1.0], [0.0, 5.0], [1.0, 1.0]])
+    out = norm.unnormalize(x, clip=True)
+    assert (out >= torch.from_numpy(low)).all() and (out <= torch.from_numpy(high)).all()
+    assert out[0, 1].item() == np.float32(0.1)
+    # Inside the box, clipping changes nothing.
+    torch.testing.assert_close(out[1, 0], norm.unnormalize(x)[1, 0])
+    # Gaussian normalizers have no box: clip only clamps to [−1, 1] in normalized space.
+    g = Normalizer.gaussian(data())
+    torch.testing.assert_close(
+        g.unnormalize(x[:, :1].expand(3, 3), clip=True),
+        g.unnormalize(x[:, :1].expand(3, 3).clamp(-1, 1)),
+    )

@@ -1,0 +1,37 @@
+# Two commands: `make demo` (install + main job) and `make test` (install + tests).
+# Both create a local virtual environment in .venv on first use.
+#
+# torch is installed before everything else: with no torch present, pip would resolve the
+# project's `torch` requirement to a multi-GB CUDA build. TORCH_SPEC picks the build; GPU
+# users can pass their own (e.g. TORCH_SPEC="torch --index-url <your CUDA wheel index>"),
+# or install torch into .venv themselves first, in which case it is kept as is.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python experiments/demo.py
+
+# pytest exits with 5 when it collects no test; that is not a failure of the suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) outputs

@@ -3,7 +3,7 @@
 The test swaps ``time_grid`` for a warped (non-uniform) grid in every flowrl module that
 imported it, then checks that each consumer (a) called it and (b) still agrees with the
 others. A consumer that built its own grid would keep using the uniform one and fail.
-New samplers and likelihoods (policies, learners) belong in ``CONSUMERS``.
+New samplers and likelihoods (policies, learners) get a test here.
 """
 
 import sys

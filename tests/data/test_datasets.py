@@ -23,15 +23,6 @@ def make_arrays(n: int = 50, do: int = 3, da: int = 1, seed: int = 0) -> dict[st
     }
 
 
-def assert_same(a: OfflineDataset, b: OfflineDataset) -> None:
-    for key in KEYS:
-        x, y = getattr(a, key), getattr(b, key)
-        assert (x is None) == (y is None), key
-        if x is not None:
-            assert x.dtype == y.dtype, key
-            np.testing.assert_array_equal(x, y, err_msg=key)
-
-
 def test_keys_constant():
     assert KEYS == (
         "observations",
@@ -43,7 +34,7 @@ def test_keys_constant():
     )
 
 
-def test_from_dict_converts_and_round_trips():
+def test_from_dict_converts_and_round_trips(assert_same_dataset):
     arrays = make_arrays()
     arrays["terminals"] = arrays["terminals"].astype(np.float64)  # 0/1 floats become bools
     arrays["extra_info"] = np.arange(3)  # unknown keys are ignored
@@ -54,7 +45,7 @@ def test_from_dict_converts_and_round_trips():
         np.testing.assert_allclose(getattr(data, key), arrays[key], rtol=1e-6)
     assert data.terminals.dtype == np.bool_ and data.timeouts.dtype == np.bool_
     assert set(data.to_dict()) == set(KEYS)
-    assert_same(OfflineDataset.from_dict(data.to_dict()), data)
+    assert_same_dataset(OfflineDataset.from_dict(data.to_dict()), data)
 
 
 def test_from_dict_accepts_torch_tensors_and_optional_keys():
@@ -67,17 +58,17 @@ def test_from_dict_accepts_torch_tensors_and_optional_keys():
     assert "N=50" in repr(data)
 
 
-def test_npz_round_trip(tmp_path):
+def test_npz_round_trip(tmp_path, assert_same_dataset):
     data = OfflineDataset.from_dict(make_arrays())
     path = tmp_path / "nested" / "dir" / "data.npz"
     data.save_npz(path)
     assert path.is_file()
-    assert_same(OfflineDataset.load_npz(path), data)
-    assert_same(load_dataset(str(path)), data)
-    assert_same(load_dataset(path), data)
+    assert_same_dataset(OfflineDataset.load_npz(path), data)
+    assert_same_dataset(load_dataset(str(path)), data)
+    assert_same_dataset(load_dataset(path), data)
 
 
-def test_npz_writes_only_present_keys_at_exact_path(tmp_path):
+def test_npz_writes_only_present_keys_at_exact_path(tmp_path, assert_same_dataset):
     arrays = make_arrays()
     data = OfflineDataset(arrays["observations"], arrays["actions"])
     path = tmp_path / "plain.data"
@@ -85,7 +76,7 @@ def test_npz_writes_only_present_keys_at_exact_path(tmp_path):
     assert path.is_file()  # numpy would have written plain.data.npz
     with np.load(path) as archive:
         assert sorted(archive.files) == ["actions", "observations"]
-    assert_same(OfflineDataset.load_npz(path), data)
+    assert_same_dataset(OfflineDataset.load_npz(path), data)
 
 
 def test_load_npz_missing_file(tmp_path):
@@ -94,10 +85,10 @@ def test_load_npz_missing_file(tmp_path):
         OfflineDataset.load_npz(path)
 
 
-def test_load_dataset_passthrough_and_mapping():
+def test_load_dataset_passthrough_and_mapping(assert_same_dataset):
     data = OfflineDataset.from_dict(make_arrays())
     assert load_dataset(data) is data
-    assert_same(load_dataset(make_arrays()), data)
+    assert_same_dataset(load_dataset(make_arrays()), data)
     with pytest.raises(TypeError, match="load_dataset expects"):
         load_dataset(42)  # type: ignore[arg-type]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import flowrl.data
-from flowrl.data import KEYS, OfflineDataset, load_dataset, load_minari, save_minari
+from flowrl.data import OfflineDataset, load_dataset, load_minari, save_minari
 
 minari = pytest.importorskip("minari")
 from minari.data_collector import EpisodeBuffer  # noqa: E402
@@ -71,16 +71,7 @@ def create_pendulum_dataset(episodes):
         )
 
 
-def assert_same(a: OfflineDataset, b: OfflineDataset) -> None:
-    for key in KEYS:
-        x, y = getattr(a, key), getattr(b, key)
-        assert (x is None) == (y is None), key
-        if x is not None:
-            assert x.dtype == y.dtype, key
-            np.testing.assert_array_equal(x, y, err_msg=key)
-
-
-def test_load_minari_by_id(minari_root):
+def test_load_minari_by_id(minari_root, assert_same_dataset):
     episodes = rollouts()
     create_pendulum_dataset(episodes)
     assert (minari_root / DATASET_ID / "data").is_dir()
@@ -110,7 +101,7 @@ def test_load_minari_by_id(minari_root):
     env = gymnasium.make("Pendulum-v1")
     data.check_spaces(env.observation_space, env.action_space)
     # load_dataset treats a non-.npz string as a Minari id.
-    assert_same(load_dataset(DATASET_ID), data)
+    assert_same_dataset(load_dataset(DATASET_ID), data)
 
 
 def test_load_minari_accepts_loaded_and_filtered_dataset(minari_root):
@@ -193,7 +184,7 @@ def flat_dataset(n: int = 45, seed: int = 0, ends=(9, 29)) -> OfflineDataset:
     )
 
 
-def test_save_then_load_round_trip(minari_root):
+def test_save_then_load_round_trip(minari_root, assert_same_dataset):
     data = flat_dataset()
     dataset = save_minari(data, "flowrl-test/roundtrip-v0", description="round trip")
     assert dataset.total_episodes == 3 and dataset.total_steps == len(data)
@@ -208,10 +199,10 @@ def test_save_then_load_round_trip(minari_root):
     np.testing.assert_array_equal(loaded.timeouts, expected_timeouts)
     # Saving the loaded copy again changes nothing.
     save_minari(loaded, "flowrl-test/roundtrip-v1")
-    assert_same(load_minari("flowrl-test/roundtrip-v1"), loaded)
+    assert_same_dataset(load_minari("flowrl-test/roundtrip-v1"), loaded)
 
 
-def test_save_with_env_records_spec_and_unbounded_actions(minari_root):
+def test_save_with_env_records_spec_and_unbounded_actions(minari_root, assert_same_dataset):
     episodes = rollouts()
     data = OfflineDataset(
         observations=np.concatenate([ep["observations"][:-1] for ep in episodes]),
@@ -224,7 +215,7 @@ def test_save_with_env_records_spec_and_unbounded_actions(minari_root):
     dataset = save_minari(data, "flowrl-test/pendulum-saved-v0", env="Pendulum-v1")
     assert dataset.spec.env_spec.id == "Pendulum-v1"
     assert dataset.action_space.shape == (1,) and dataset.action_space.high[0] == 2.0
-    assert_same(load_minari("flowrl-test/pendulum-saved-v0"), data)
+    assert_same_dataset(load_minari("flowrl-test/pendulum-saved-v0"), data)
     # Without an env, Pendulum's [-2, 2] torques do not fit [-1, 1]: the box is unbounded.
     unbounded = save_minari(data, "flowrl-test/pendulum-saved-v1")
     assert np.isinf(unbounded.action_space.high).all()

@@ -7,12 +7,9 @@ from flowrl.flow import paths
 
 
 @pytest.fixture(autouse=True)
-def _float64():
-    # Finite differences need double precision; restore the default for other modules.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+def _float64(float64):
+    # Finite differences and exactness checks need double precision.
+    return
 
 
 B, D = 16, 3

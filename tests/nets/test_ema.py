@@ -5,15 +5,6 @@ from torch import nn
 from flowrl.nets import EMA
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: with a second intra-op thread they crawl when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _linear(weight, bias) -> nn.Linear:
     layer = nn.Linear(2, 1, dtype=torch.float64)
     _set(layer, weight, bias)

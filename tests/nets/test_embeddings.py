@@ -6,15 +6,6 @@ import torch
 from flowrl.nets import SinusoidalEmbedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: with a second intra-op thread they crawl when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dim", [2, 8, 32])
 def test_output_shape_and_range(dim):
     emb = SinusoidalEmbedding(dim)

@@ -8,16 +8,6 @@ from torch import nn
 from flowrl.data import Normalizer
 from flowrl.policies import FlowActor, FlowActorConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: with a second intra-op thread they crawl when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LOW = np.array([-2.0, 0.5], dtype=np.float32)
 HIGH = np.array([1.0, 3.0], dtype=np.float32)
 

@@ -2,6 +2,24 @@
 
 Importing this package registers flowrl's gymnasium environments. Batched MJX environments
 live in submodules that import jax on first use (``pip install "flowrl[mjx]"``).
+
+Registered ids:
+
+- ``MultiGoal-v0``: :class:`flowrl.envs.multigoal.MultiGoalEnv`, the 2-D multi-goal task of
+  Haarnoja et al. (2017), 30 steps per episode.
 """
 
-__all__: list[str] = []
+import gymnasium
+
+from .multigoal import GOALS, MultiGoalEnv, goal_coverage
+
+__all__: list[str] = ["GOALS", "MultiGoalEnv", "goal_coverage"]
+
+
+def _register(env_id: str, entry_point: str, **kwargs) -> None:
+    """Registers ``env_id`` unless it already is (re-imports and reloads stay silent)."""
+    if env_id not in gymnasium.registry:
+        gymnasium.register(id=env_id, entry_point=entry_point, **kwargs)
+
+
+_register("MultiGoal-v0", "flowrl.envs.multigoal:MultiGoalEnv", max_episode_steps=30)

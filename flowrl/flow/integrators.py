@@ -159,9 +159,14 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         std: Standard deviations, broadcastable to (B, ...), positive.
 
     Returns:
-        log N(x; mean, diag(std²)), shape (B,).
+        log N(x; mean, diag(std²)), shape (B,), in float64 (or wider than the inputs).
     """
-    std = torch.broadcast_to(std, x.shape)
+    # Accumulate in float64: a chain's log-likelihood sums 2·K·Da terms, and PPO needs the
+    # ratio exp(new − old) to be 1 to ~1e-6 on fresh data, below float32's resolution of
+    # a sum of magnitude ~10. Inputs stay in the network's dtype; only this sum is promoted.
+    wide = torch.promote_types(x.dtype, torch.float64)
+    x, mean = x.to(wide), mean.to(wide)
+    std = torch.broadcast_to(std, x.shape).to(wide)
     z = (x - mean) / std
     log_density = -0.5 * z.square() - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_density.flatten(1).sum(dim=1)
@@ -227,7 +232,9 @@ def sample_noisy_chain(
     ts, dts = time_grid(num_steps, device=x0.device, dtype=x0.dtype)
     x = x0
     states = [x0]
-    log_prob = _initial_log_prob(x0) if include_initial else x0.new_zeros(x0.shape[0])
+    log_prob = (
+        _initial_log_prob(x0) if include_initial else x0.new_zeros(len(x0), dtype=torch.float64)
+    )
     for t, dt in zip(ts, dts, strict=True):
         mean, sigma = noisy_euler_transition(velocity, std, x, t, dt)
         noise = torch.randn(mean.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -259,7 +266,11 @@ def noisy_chain_log_prob(
         raise ValueError(f"chain must have shape (B, K+1, ...), got {tuple(chain.shape)}")
     num_steps = chain.shape[1] - 1
     ts, dts = time_grid(num_steps, device=chain.device, dtype=chain.dtype)
-    log_prob = _initial_log_prob(chain[:, 0]) if include_initial else chain.new_zeros(len(chain))
+    log_prob = (
+        _initial_log_prob(chain[:, 0])
+        if include_initial
+        else chain.new_zeros(len(chain), dtype=torch.float64)
+    )
     for k, (t, dt) in enumerate(zip(ts, dts, strict=True)):
         mean, sigma = noisy_euler_transition(velocity, std, chain[:, k], t, dt)
         log_prob = log_prob + gaussian_log_prob(chain[:, k + 1], mean, sigma)

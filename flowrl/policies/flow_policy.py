@@ -158,7 +158,8 @@ class FlowPolicy(BasePolicy):
                     f"{actor.config.action_dim}) but the env has ({obs_dim}, {action_dim}): "
                     "was it trained on another task?"
                 )
-            return copy.deepcopy(actor).cpu()
+            # A BC trainer's EMA actor is frozen (requires_grad=False): the copy must train.
+            return copy.deepcopy(actor).cpu().requires_grad_(True).train()
         fields = dict(actor_config or {})
         fields.update(obs_dim=obs_dim, action_dim=action_dim)
         return FlowActor(

@@ -1,0 +1,130 @@
+"""ReinFlow learns: fine-tuning a deliberately weak BC flow policy improves its return.
+
+The BC data come from a crude swing-up controller with heavy action noise (mean return
+about −600), and BC runs for only 300 steps, so the starting policy is poor (about −1000
+deterministic, −1250 stochastic, measured). 60k env steps of ReinFlow (~30 s on 2 cores)
+brought it to about −250 in the runs we measured; the test asks for +300.
+"""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+from flowrl.algos import BCConfig, FlowBC, ReinFlow
+from flowrl.data import OfflineDataset
+from flowrl.policies import FlowPolicy
+
+
+def _swing_up(obs: np.ndarray, rng: np.random.Generator, noise: float) -> float:
+    """Bang-bang energy pumping far from upright, PD near it, plus Gaussian noise."""
+    cos, sin, omega = obs
+    if cos > 0.85:
+        torque = -10.0 * np.arctan2(sin, cos) - 2.0 * omega
+    else:
+        torque = 2.0 * np.sign(omega) if abs(omega) > 0.1 else 1.0
+    return float(np.clip(torque + noise * rng.normal(), -2.0, 2.0))
+
+
+def _dataset(episodes: int = 20, noise: float = 1.0) -> OfflineDataset:
+    env = gym.make("Pendulum-v1")
+    rng = np.random.default_rng(0)
+    obs_list, act_list = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        for _ in range(200):
+            action = _swing_up(obs, rng, noise)
+            obs_list.append(obs)
+            act_list.append([action])
+            obs, *_ = env.step([action])
+    return OfflineDataset(
+        observations=np.array(obs_list), actions=np.array(act_list, dtype=np.float32)
+    )
+
+
+def _evaluate(model, deterministic):
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=123)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=30, deterministic=deterministic)
+    return mean
+
+
+def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
+    torch.manual_seed(0)
+    env = gym.make("Pendulum-v1")
+    bc = FlowBC.from_dataset(
+        _dataset(),
+        env=env,
+        actor_config={"width": 64, "depth": 2, "num_steps": 4},
+        config=BCConfig(steps=300, batch_size=256, seed=0),
+    )
+    bc.learn(progress_bar=False)
+    # Reward normalisation only: the observations are normalized inside the policy.
+    venv = VecNormalize(
+        make_vec_env("Pendulum-v1", n_envs=4, seed=0), norm_obs=False, norm_reward=True, gamma=0.95
+    )
+    policy = FlowPolicy.from_pretrained(
+        bc.actor_ema,
+        venv.observation_space,
+        venv.action_space,
+        noise_hidden=(32, 32),
+        value_hidden=(64, 64),
+    )
+    model = ReinFlow(policy, venv, n_steps=256, batch_size=256, n_epochs=10, gamma=0.95, seed=0)
+    before = {d: _evaluate(model, d) for d in (True, False)}
+    model.learn(60_000)
+    after = {d: _evaluate(model, d) for d in (True, False)}
+    print(
+        f"deterministic {before[True]:.0f} -> {after[True]:.0f}, "
+        f"stochastic {before[False]:.0f} -> {after[False]:.0f}"
+    )
+    assert after[True] > before[True] + 300
+    assert after[False] > before[False] + 300
+    assert model.logger.name_to_value["flow/ratio_first_minibatch_max_deviation"] == 0.0
+
+
+@pytest.mark.slow
+def test_reinflow_improves_bc_on_hopper():
+    """Hopper-v5: a PPO teacher makes the data, BC imitates it, ReinFlow improves on BC."""
+    from stable_baselines3 import PPO
+
+    torch.manual_seed(0)
+    teacher = PPO("MlpPolicy", make_vec_env("Hopper-v5", n_envs=4, seed=0), seed=0)
+    teacher.learn(300_000)
+    env = gym.make("Hopper-v5")
+    obs_list, act_list = [], []
+    obs, _ = env.reset(seed=0)
+    while len(obs_list) < 50_000:
+        action, _ = teacher.predict(obs, deterministic=False)
+        obs_list.append(obs)
+        act_list.append(action)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    data = OfflineDataset(observations=np.array(obs_list), actions=np.array(act_list))
+    bc = FlowBC.from_dataset(
+        data,
+        env=env,
+        actor_config={"width": 256, "depth": 2, "num_steps": 4},
+        config=BCConfig(steps=5000, batch_size=256, seed=0),
+    )
+    bc.learn(progress_bar=False)
+    venv = VecNormalize(make_vec_env("Hopper-v5", n_envs=4, seed=1), norm_obs=False)
+    model = ReinFlow(
+        FlowPolicy.from_pretrained(bc.actor_ema, venv.observation_space, venv.action_space),
+        venv,
+        n_steps=512,
+        batch_size=256,
+        n_epochs=10,
+        seed=0,
+    )
+    evaluate = lambda: evaluate_policy(  # noqa: E731
+        model, make_vec_env("Hopper-v5", n_envs=1, seed=7), n_eval_episodes=10, deterministic=True
+    )[0]
+    before = evaluate()
+    model.learn(300_000)
+    after = evaluate()
+    print(f"Hopper-v5 BC {before:.0f} -> ReinFlow {after:.0f}")
+    assert after > before

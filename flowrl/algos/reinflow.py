@@ -25,7 +25,6 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from flowrl.algos.buffers import ChainRolloutBuffer
-from flowrl.flow.times import time_grid
 from flowrl.policies.flow_policy import FlowPolicy, check_spaces
 
 __all__ = ["ReinFlow"]
@@ -448,12 +447,7 @@ class ReinFlow(OnPolicyAlgorithm):
     def _sigma_mean(self, obs: Tensor) -> float:
         """Mean σ_φ over the grid, the observations and the action dims."""
         with torch.no_grad():
-            obs_n = self.policy.actor.normalize_obs(obs.float())
-            t, _ = time_grid(self.policy.num_steps, device=obs.device)
-            sigma = self.policy.sigma(
-                t.repeat_interleave(len(obs)), obs_n.repeat(self.policy.num_steps, 1)
-            )
-        return float(sigma.mean())
+            return float(self.policy.sigma_grid(obs).mean())
 
     def _record(
         self,

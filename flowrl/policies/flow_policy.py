@@ -319,19 +319,22 @@ class FlowPolicy(BasePolicy):
         _, velocity, std = self._fields(obs)
         return noisy_chain_log_prob(velocity, std, chain)
 
+    def sigma_grid(self, obs: Tensor) -> Tensor:
+        """σ_φ(t_k, o) at every grid time, shape (K, B, Da), in one noise-net pass."""
+        obs_n = self.actor.normalize_obs(self._cast(obs))
+        t, _ = time_grid(self.num_steps, device=obs.device, dtype=self.dtype)
+        batch = obs.shape[0]
+        sigma = self.sigma(t.repeat_interleave(batch), obs_n.repeat(self.num_steps, 1))
+        return sigma.reshape(self.num_steps, batch, -1)
+
     def entropy_chain(self, obs: Tensor, chain: Tensor) -> Tensor:
         """Entropy of the chain's Gaussian transitions, Σ_k Σ_d ½·log(2πe·σ²), shape (B,).
 
         σ depends on (t_k, o) only, so the chain fixes just its length K.
         """
         self._check_chain(chain)
-        obs_n = self.actor.normalize_obs(self._cast(obs))
-        t, _ = time_grid(self.num_steps, device=obs.device, dtype=self.dtype)
-        batch = obs.shape[0]
-        # One noise-net pass over all (step, sample) pairs: (K·B, Da).
-        sigma = self.sigma(t.repeat_interleave(batch), obs_n.repeat(self.num_steps, 1))
-        per_dim = 0.5 * math.log(2 * math.pi * math.e) + torch.log(sigma)
-        return per_dim.reshape(self.num_steps, batch, -1).sum(dim=(0, 2))
+        per_dim = 0.5 * math.log(2 * math.pi * math.e) + torch.log(self.sigma_grid(obs))
+        return per_dim.sum(dim=(0, 2))
 
     def bc_regularizer(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Squared W2 proxy to the frozen pretrained flow, shape (B,).

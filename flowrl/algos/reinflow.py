@@ -164,13 +164,15 @@ class ReinFlow(OnPolicyAlgorithm):
             if self.policy_kwargs:
                 raise ValueError("pass policy_kwargs or a FlowPolicy instance, not both")
             policy = self.policy_class
+            # Action bounds matter (the policy maps its [-1, 1] box onto them); observation
+            # bounds may legitimately differ (wrappers), their shape may not.
             if policy.observation_space.shape != self.observation_space.shape or (
-                policy.action_space.shape != self.action_space.shape
+                policy.action_space != self.action_space
             ):
                 raise ValueError(
                     f"the policy was built for observations {policy.observation_space.shape} and "
-                    f"actions {policy.action_space.shape}, but the env has "
-                    f"{self.observation_space.shape} and {self.action_space.shape}"
+                    f"actions {policy.action_space}, but the env has "
+                    f"{self.observation_space.shape} and {self.action_space}"
                 )
             self.policy_class = type(policy)
         elif isinstance(self.policy_class, type) and issubclass(self.policy_class, FlowPolicy):
@@ -187,9 +189,15 @@ class ReinFlow(OnPolicyAlgorithm):
         # Save/load rebuilds the policy from these arguments and then loads its weights (the
         # pretrained and reference flows included), so no checkpoint path is needed later.
         params = self.policy._get_constructor_parameters()
-        for key in ("observation_space", "action_space", "lr_schedule", "normalize_images"):
+        for key in ("observation_space", "action_space", "lr_schedule"):
             params.pop(key, None)
         self.policy_kwargs = params
+        final = self.sigma_max_final
+        if final is not None and not self.policy.sigma_min <= final <= self.policy._sigma_max_init:
+            raise ValueError(
+                f"sigma_max_final={final} must lie in [sigma_min, sigma_max] = "
+                f"[{self.policy.sigma_min}, {self.policy._sigma_max_init}]"
+            )
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
@@ -234,7 +242,9 @@ class ReinFlow(OnPolicyAlgorithm):
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, ChainRolloutBuffer)
         self.policy.set_training_mode(False)
-        # σ_max changes only between rollouts, so old and new log-probs share it.
+        # σ_max changes only between rollouts, so old and new log-probs share it. SB3 updates
+        # the progress after the rollout; refresh it here so a new learn() call starts anew.
+        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self.policy.sigma_max.fill_(self.sigma_max_at(self._current_progress_remaining))
         rollout_buffer.reset()
         callback.on_rollout_start()

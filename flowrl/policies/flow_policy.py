@@ -201,6 +201,7 @@ class FlowPolicy(BasePolicy):
         # Everything needed to rebuild the modules; the weights (the pretrained actor, the
         # reference and the normalizers included) come from the state dict.
         data = super()._get_constructor_parameters()
+        data.pop("normalize_images", None)  # flat vector observations only
         config = asdict(self.actor.config)
         config.pop("obs_dim")
         config.pop("action_dim")

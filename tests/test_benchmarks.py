@@ -1,0 +1,74 @@
+"""Smoke test of experiments/benchmarks/throughput.py: it runs and writes what it promises.
+
+A smoke test only: it never asserts on speed.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "benchmarks" / "throughput.py"
+LEARNERS = ("reinflow", "ppo")
+
+
+def test_throughput_quick_writes_json_and_table(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = subprocess.run(
+        # --check-threads 1 runs the thread-check code path without oversubscribing the
+        # (possibly busy) CI cores, which can make a 2-thread run crawl.
+        [sys.executable, str(SCRIPT), "--quick", "--check-threads", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+
+    for key in (
+        "machine",
+        "code",
+        "settings",
+        "matched",
+        "differs",
+        "parameters",
+        "runs",
+        "median",
+        "ratio_reinflow_over_ppo",
+        "time_breakdown",
+        "thread_check",
+    ):
+        assert key in result, key
+    machine = result["machine"]
+    for key in ("platform", "cpu_count", "torch", "stable_baselines3", "gymnasium"):
+        assert key in machine, key
+    assert machine["torch_threads"] == 1
+    assert result["thread_check"]["threads"] == 1
+    settings = result["settings"]
+    assert settings["quick"] is True
+    assert settings["total_timesteps"] == 2 * settings["n_envs"] * settings["n_steps"]
+
+    for name in LEARNERS:
+        runs = result["runs"][name]
+        assert len(runs) == settings["repeats"]
+        for run in runs:
+            assert run["steps"] == settings["total_timesteps"]
+            assert run["fps"] > 0
+            assert run["rollout_s"] > 0 and run["train_s"] > 0
+            assert run["gradient_steps"] > 0
+        assert result["median"][name]["fps"] > 0
+        shares = result["time_breakdown"][name]
+        assert set(shares) == {"rollout_env_step", "rollout_policy_and_buffer", "train", "other"}
+        assert math.isclose(sum(shares.values()), 1.0, rel_tol=1e-6)
+        assert result["thread_check"]["median"][name]["fps"] > 0
+        assert len(result["thread_check"]["runs"][name]) == 1
+    ratio = result["ratio_reinflow_over_ppo"]
+    assert ratio > 0
+    assert math.isclose(ratio, result["median"]["reinflow"]["fps"] / result["median"]["ppo"]["fps"])
+
+    table = (tmp_path / "throughput.md").read_text()
+    assert "| reinflow |" in table and "| ppo |" in table
+    assert "ratio reinflow_fps / ppo_fps" in proc.stdout

@@ -376,7 +376,7 @@ class ReinFlow(OnPolicyAlgorithm):
             order = first_order if epoch == 0 else None
             for batch_index, batch in enumerate(self.rollout_buffer.get(self.batch_size, order)):
                 obs, chains = batch.observations, batch.chains
-                log_prob = self.policy.log_prob_chain(obs, chains)
+                log_prob, entropy, values = self.policy.evaluate_chain(obs, chains)
                 log_ratio = self._log_ratio(log_prob, batch.old_log_prob)
                 ratio = torch.exp(log_ratio)
                 if epoch == 0 and batch_index == 0:
@@ -391,14 +391,12 @@ class ReinFlow(OnPolicyAlgorithm):
                     advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
                 ).mean()
 
-                values = self.policy.predict_values(obs).flatten()
                 if clip_range_vf is not None:
                     values = batch.old_values + (values - batch.old_values).clamp(
                         -clip_range_vf, clip_range_vf
                     )
                 value_loss = torch.nn.functional.mse_loss(batch.returns, values)
 
-                entropy = self.policy.entropy_chain(obs, chains)
                 if self.log_prob_reduction == "mean":
                     entropy = entropy / (self.policy.num_steps * self.action_space.shape[0])  # type: ignore[index]
                 entropy_loss = -entropy.mean()

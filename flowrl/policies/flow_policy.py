@@ -314,11 +314,43 @@ class FlowPolicy(BasePolicy):
             chain: Chains, shape (B, K+1, Da).
 
         Returns:
-            Log-likelihoods, shape (B,).
+            Log-likelihoods, shape (B,) (float64, see ``gaussian_log_prob``).
+        """
+        return self._score_chain(obs, chain)[0]
+
+    def evaluate_chain(self, obs: Tensor, chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything a PPO minibatch needs, sharing one normalization and one σ pass.
+
+        Args:
+            obs: Raw observations, shape (B, Do).
+            chain: Chains, shape (B, K+1, Da).
+
+        Returns:
+            ``(log_prob (B,), entropy (B,), values (B,))``: as :meth:`log_prob_chain`,
+            :meth:`entropy_chain` and :meth:`predict_values` would give them.
+        """
+        log_prob, sigma, obs_n = self._score_chain(obs, chain)
+        entropy = (0.5 * math.log(2 * math.pi * math.e) + torch.log(sigma)).sum(dim=(0, 2))
+        return log_prob, entropy, self.value_net(obs_n).flatten()
+
+    def _score_chain(self, obs: Tensor, chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Chain log-likelihood (B,), the σ it used (K, B, Da) and the normalized obs (B, Do).
+
+        All K transitions of a stored chain are scored in one fused call of each network
+        on K·B rows (conditioning repeated step-major, as the flow core expects).
         """
         self._check_chain(chain)
-        _, velocity, std = self._fields(obs)
-        return noisy_chain_log_prob(velocity, std, chain)
+        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_rep = obs_n.repeat(self.num_steps, 1)
+        sigmas: list[Tensor] = []
+
+        def std(t: Tensor, x: Tensor) -> Tensor:
+            sigmas.append(self.sigma(t, obs_rep))
+            return sigmas[-1]
+
+        velocity = self.actor.velocity_fn(obs_rep, self.num_steps)
+        log_prob = noisy_chain_log_prob(velocity, std, self._cast(chain), fused=True)
+        return log_prob, sigmas[0].reshape(self.num_steps, obs.shape[0], -1), obs_n
 
     def sigma_grid(self, obs: Tensor) -> Tensor:
         """σ_φ(t_k, o) at every grid time, shape (K, B, Da), in one noise-net pass."""

@@ -78,3 +78,12 @@ def test_flow_actor_sampling_uses_the_one_grid(warped_grid):
     )
     actor.sample(torch.zeros(7, 3))
     assert warped_grid == [4]
+
+
+@pytest.mark.parametrize("K", [1, 3, 8])
+def test_fused_likelihood_follows_the_one_grid(warped_grid, K):
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    out = I.sample_noisy_chain(_velocity, _std, x0, K, generator=torch.Generator().manual_seed(3))
+    fused = I.noisy_chain_log_prob(_velocity, _std, out.chain, fused=True)
+    torch.testing.assert_close(fused, out.log_prob, rtol=0, atol=1e-5)
+    assert warped_grid == [K, K]

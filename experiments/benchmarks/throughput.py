@@ -13,7 +13,7 @@ Run from the repository root::
     .venv/bin/python experiments/benchmarks/throughput.py --quick     # smoke run, seconds
 
 Outputs ``experiments/benchmarks/results/throughput.json`` (``--out``) and a markdown table
-``throughput.md`` next to it; the table is also printed.
+the same name with ``.md`` next to it; the table is also printed.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=Path("experiments/benchmarks/results/throughput.json"),
-        help="JSON output; the markdown table goes next to it as throughput.md",
+        help="JSON output; the markdown table goes next to it with the suffix .md",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny smoke settings (Pendulum-v1, n_steps 64)"
@@ -546,10 +546,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    args.out.with_name("throughput.md").write_text(table)
+    args.out.with_suffix(".md").write_text(table)
     print()
     print(table)
-    print(f"wrote {args.out} and {args.out.with_name('throughput.md')}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return result
 
 

@@ -72,16 +72,8 @@ class TimeSampler(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class UniformTime:
-    """t ~ U[low, high]."""
-
-    low: float = 0.0
-    high: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError(f"need 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+class _Sampler:
+    """Shared call signature of the samplers below; each implements ``_draw``."""
 
     def __call__(
         self,
@@ -91,13 +83,43 @@ class UniformTime:
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Return ``n`` uniform times, shape (n,)."""
-        u = torch.rand(n, device=device, dtype=dtype, generator=generator)
+        """Return ``n`` times, shape (n,), on ``device`` in ``dtype``."""
+        return self._draw(n, device, dtype, generator)
+
+    def _draw(
+        self,
+        n: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        gen: torch.Generator | None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class UniformTime(_Sampler):
+    """t ~ U[low, high]."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 1.0:
+            raise ValueError(f"need 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+
+    def _draw(
+        self,
+        n: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        gen: torch.Generator | None,
+    ) -> Tensor:
+        u = torch.rand(n, device=device, dtype=dtype, generator=gen)
         return self.low + (self.high - self.low) * u
 
 
 @dataclass(frozen=True)
-class LogitNormalTime:
+class LogitNormalTime(_Sampler):
     """t = sigmoid(m + s·ξ), ξ ~ N(0, 1): concentrates training on mid-path times.
 
     Esser et al. 2024 (Stable Diffusion 3) found m = 0, s = 1 best for rectified flows.
@@ -110,21 +132,19 @@ class LogitNormalTime:
         if not self.std > 0:
             raise ValueError(f"std must be positive, got {self.std}")
 
-    def __call__(
+    def _draw(
         self,
         n: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        generator: torch.Generator | None = None,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        gen: torch.Generator | None,
     ) -> Tensor:
-        """Return ``n`` logit-normal times, shape (n,)."""
-        xi = torch.randn(n, device=device, dtype=dtype, generator=generator)
+        xi = torch.randn(n, device=device, dtype=dtype, generator=gen)
         return torch.sigmoid(self.mean + self.std * xi)
 
 
 @dataclass(frozen=True)
-class BetaTime:
+class BetaTime(_Sampler):
     """t ~ Beta(alpha, beta), optionally scaled into [0, t_max].
 
     π0 (Black et al. 2024) samples Beta(1.5, 1) to emphasise the noisy end; in our
@@ -141,25 +161,23 @@ class BetaTime:
         if not 0.0 < self.t_max <= 1.0:
             raise ValueError(f"t_max must lie in (0, 1], got {self.t_max}")
 
-    def __call__(
+    def _draw(
         self,
         n: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        generator: torch.Generator | None = None,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        gen: torch.Generator | None,
     ) -> Tensor:
-        """Return ``n`` Beta-distributed times, shape (n,)."""
         dist = torch.distributions.Beta(
             torch.tensor(self.alpha, dtype=dtype, device=device),
             torch.tensor(self.beta, dtype=dtype, device=device),
         )
-        if generator is None:
+        if gen is None:
             return self.t_max * dist.sample((n,))
         # torch's Gamma/Beta samplers take no generator: seed a forked global RNG from the
         # caller's generator so that seeded runs stay reproducible and the global stream is
         # left untouched.
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.t_max * dist.sample((n,))

@@ -52,6 +52,8 @@ class ReinFlow(OnPolicyAlgorithm):
         bc_coef: Weight of the W2 regularizer towards the pretrained flow (0 disables it).
         max_grad_norm: Gradient-norm clip, applied to actor and critic separately.
         target_kl: Stop the update's epochs once approx. KL exceeds 1.5·target_kl.
+        critic_warmup_updates: First updates that train only the value net: a pretrained
+            actor should not follow advantages from a critic that has not seen it yet.
         sigma_max_final: σ_max at the end of training (None keeps σ_max constant).
         sigma_hold_fraction: Fraction of training σ_max is held before its cosine decay.
         log_prob_reduction: ``"sum"`` — the exact chain log-likelihood enters the ratio;
@@ -95,6 +97,7 @@ class ReinFlow(OnPolicyAlgorithm):
         bc_coef: float = 0.0,
         max_grad_norm: float = 0.5,
         target_kl: float | None = None,
+        critic_warmup_updates: int = 0,
         sigma_max_final: float | None = None,
         sigma_hold_fraction: float = 0.5,
         log_prob_reduction: Literal["sum", "mean"] = "sum",
@@ -145,6 +148,8 @@ class ReinFlow(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.bc_coef = bc_coef
         self.target_kl = target_kl
+        self.critic_warmup_updates = critic_warmup_updates
+        self._updates_done = 0
         self.sigma_max_final = sigma_max_final
         self.sigma_hold_fraction = sigma_hold_fraction
         self.log_prob_reduction = log_prob_reduction
@@ -370,6 +375,8 @@ class ReinFlow(OnPolicyAlgorithm):
         first_deviation = first_ratio = sigma_mean = float("nan")
         first_order = np.random.permutation(self.rollout_buffer.buffer_size * self.n_envs)
         sampler_error = self._refresh_old_log_probs(first_order)
+        warming_up = self._updates_done < self.critic_warmup_updates
+        self._updates_done += 1
         continue_training = True
         epoch = 0
         for epoch in range(self.n_epochs):  # noqa: B007 (logged after the loop)
@@ -411,6 +418,8 @@ class ReinFlow(OnPolicyAlgorithm):
                     + self.vf_coef * value_loss
                     + self.bc_coef * bc_loss
                 )
+                if warming_up:
+                    loss = self.vf_coef * value_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"ReinFlow loss is {loss.item()} (policy {pg_loss.item()}, "
@@ -444,7 +453,8 @@ class ReinFlow(OnPolicyAlgorithm):
                 torch.nn.utils.clip_grad_norm_(
                     self.policy.value_net.parameters(), self.max_grad_norm
                 )
-                self.policy.optimizer.step()
+                if not warming_up:
+                    self.policy.optimizer.step()
                 self.policy.critic_optimizer.step()
             if not continue_training:
                 break
@@ -485,6 +495,9 @@ class ReinFlow(OnPolicyAlgorithm):
         self.logger.record("flow/sigma_mean", sigma_mean)
         self.logger.record("flow/sigma_max", float(self.policy.sigma_max))
         self.logger.record("flow/num_steps", self.policy.num_steps)
+        self.logger.record(
+            "train/critic_warmup", float(self._updates_done <= self.critic_warmup_updates)
+        )
 
     def learn(
         self,

@@ -512,3 +512,20 @@ def test_same_seed_same_parameters():
 def test_sigma_max_final_outside_the_sigma_range_is_refused(final):
     with pytest.raises(ValueError, match="sigma_max_final"):
         _model(sigma_max_final=final)
+
+
+def test_critic_warmup_trains_only_the_value_net():
+    model = _model(critic_warmup_updates=2, n_steps=32)
+    actor0 = {k: v.clone() for k, v in model.policy.actor.state_dict().items()}
+    noise0 = {k: v.clone() for k, v in model.policy.noise_net.state_dict().items()}
+    value0 = {k: v.clone() for k, v in model.policy.value_net.state_dict().items()}
+    model.learn(64)  # two rollouts, two updates: both warm-up
+    for k, v in model.policy.actor.state_dict().items():
+        assert torch.equal(v, actor0[k]), k
+    for k, v in model.policy.noise_net.state_dict().items():
+        assert torch.equal(v, noise0[k]), k
+    assert any(
+        not torch.equal(v, value0[k]) for k, v in model.policy.value_net.state_dict().items()
+    )
+    model.learn(32, reset_num_timesteps=False)  # third update: the actor moves
+    assert any(not torch.equal(v, actor0[k]) for k, v in model.policy.actor.state_dict().items())

@@ -112,12 +112,18 @@ def test_reinflow_improves_bc_on_hopper():
     )
     bc.learn(progress_bar=False)
     venv = VecNormalize(make_vec_env("Hopper-v5", n_envs=4, seed=1), norm_obs=False)
+    # Conservative fine-tuning of a good start: a critic warm-up before the actor moves,
+    # a smaller actor step and a KL stop (a first try with the defaults, lr 3e-4 and no
+    # warm-up, went from 1394 to 1224 in 300k steps).
     model = ReinFlow(
         FlowPolicy.from_pretrained(bc.actor_ema, venv.observation_space, venv.action_space),
         venv,
         n_steps=512,
-        batch_size=256,
-        n_epochs=10,
+        batch_size=512,
+        n_epochs=5,
+        learning_rate=1e-4,
+        critic_warmup_updates=5,
+        target_kl=0.01,
         seed=0,
     )
     evaluate = lambda: evaluate_policy(  # noqa: E731

@@ -86,6 +86,12 @@ def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open problem: ReinFlow lowered the BC return on Hopper-v5 in both measured "
+    "configurations (1394 -> 1224 with defaults, 1394 -> 1157 with lr 1e-4, critic warm-up "
+    "and target_kl 0.01, 300k steps); see the issue notes",
+)
 def test_reinflow_improves_bc_on_hopper():
     """Hopper-v5: a PPO teacher makes the data, BC imitates it, ReinFlow improves on BC."""
     from stable_baselines3 import PPO
@@ -126,11 +132,17 @@ def test_reinflow_improves_bc_on_hopper():
         target_kl=0.01,
         seed=0,
     )
-    evaluate = lambda: evaluate_policy(  # noqa: E731
-        model, make_vec_env("Hopper-v5", n_envs=1, seed=7), n_eval_episodes=10, deterministic=True
-    )[0]
-    before = evaluate()
+
+    def evaluate(deterministic=True):
+        env = make_vec_env("Hopper-v5", n_envs=1, seed=7)
+        return evaluate_policy(model, env, n_eval_episodes=10, deterministic=deterministic)[0]
+
+    before, before_stochastic = evaluate(), evaluate(False)
     model.learn(300_000)
-    after = evaluate()
-    print(f"Hopper-v5 BC {before:.0f} -> ReinFlow {after:.0f}")
+    after, after_stochastic = evaluate(), evaluate(False)
+    print(
+        f"Hopper-v5 BC {before:.0f} -> ReinFlow {after:.0f} (deterministic), "
+        f"{before_stochastic:.0f} -> {after_stochastic:.0f} (stochastic); "
+        f"training ep_rew_mean {model.logger.name_to_value.get('rollout/ep_rew_mean')}"
+    )
     assert after > before

@@ -1,7 +1,26 @@
-"""flowrl.kernels: attention kernels (installed from the repository's ``kernels/`` folder).
+"""flowrl.kernels: attention with a forward-mode derivative (installed from ``kernels/``).
 
-Triton kernels are imported on first use (``pip install "flowrl[kernels]"``); PyTorch
-reference implementations serve CPUs and act as the test oracle.
+* :func:`jvp_attention` / :class:`JVPAttention`: attention that ``torch.func.jvp`` and
+  ``backward`` both dispatch to a FlashAttention-style kernel (Triton on CUDA) or its exact
+  blockwise PyTorch counterpart (CPU), with memory linear in the number of tokens.
+* :mod:`flowrl.kernels.reference`: the explicit-softmax specification and the blockwise
+  implementation (the oracle of the tests).
+
+Triton is imported on first use of the Triton backend (``pip install "flowrl[kernels]"``).
 """
 
-__all__: list[str] = []
+from flowrl.kernels.attention import (
+    BACKENDS,
+    JVPAttention,
+    JVPAttentionFunction,
+    attention_with_tangent,
+    jvp_attention,
+)
+
+__all__ = [
+    "BACKENDS",
+    "JVPAttention",
+    "JVPAttentionFunction",
+    "attention_with_tangent",
+    "jvp_attention",
+]

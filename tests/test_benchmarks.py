@@ -1,6 +1,6 @@
-"""Smoke test of experiments/benchmarks/throughput.py: it runs and writes what it promises.
+"""Smoke tests of the benchmark scripts: they run and write what they promise.
 
-A smoke test only: it never asserts on speed.
+Smoke tests only: they never assert on speed or memory.
 """
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "benchmarks" / "throughput.py"
+JVP_SCRIPT = ROOT / "experiments" / "benchmarks" / "jvp_attention.py"
 LEARNERS = ("reinflow", "ppo")
 
 
@@ -72,3 +73,31 @@ def test_throughput_quick_writes_json_and_table(tmp_path):
     table = (tmp_path / "throughput.md").read_text()
     assert "| reinflow |" in table and "| ppo |" in table
     assert "ratio reinflow_fps / ppo_fps" in proc.stdout
+
+
+def test_jvp_attention_quick_writes_json_and_table(tmp_path):
+    out = tmp_path / "jvp.json"
+    proc = subprocess.run(
+        [sys.executable, str(JVP_SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    for key in ("machine", "code", "settings", "rows", "command"):
+        assert key in result, key
+    settings = result["settings"]
+    assert settings["n"] == [64, 128] and settings["peer"] == "naive"
+    rows = result["rows"]
+    assert {(r["method"], r["n"]) for r in rows} == {
+        (m, n) for m in ("naive", "blockwise", "blockwise_fused") for n in (64, 128)
+    }
+    for row in rows:
+        assert len(row["times_s"]) == settings["repeats"] and row["time_s"] > 0
+        assert row["peak_bytes"] >= 0
+        if row["method"] == "naive":
+            assert row["time_vs_naive"] == 1.0 and row["memory_vs_naive"] == 1.0
+    table = (tmp_path / "jvp.md").read_text()
+    assert "| 128 | blockwise |" in table

@@ -19,21 +19,17 @@ the same name with ``.md`` next to it; the table is also printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import stable_baselines3
 import torch
+from common import code_version, machine_info, write_results
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -368,49 +364,6 @@ def breakdown(median: dict[str, dict[str, float]]) -> dict[str, dict[str, float]
     return shares
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "cpu_count": os.cpu_count(),
-        "cpus_available": affinity,
-        "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "gymnasium": gym.__version__,
-        "mujoco": package_version("mujoco"),
-        "numpy": np.__version__,
-        "cuda_available": torch.cuda.is_available(),
-    }
-
-
-def code_version() -> dict[str, Any]:
-    """Git commit of the checkout and whether the library has uncommitted changes."""
-
-    def git(*cmd: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", *cmd], capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "flowrl")
-    return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "flowrl_uncommitted_changes": None if changed is None else changed.splitlines(),
-    }
-
-
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     med = result["median"]
@@ -527,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "env steps per second of model.learn(total_timesteps): rollouts + updates, "
         "model construction and warm-up excluded",
         "machine": {
-            **machine_info(),
+            **machine_info(("stable_baselines3", "gymnasium", "mujoco")),
             "torch_threads": args.threads,
             "loadavg_start": load_start,
             "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -543,10 +496,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "thread_check": thread_check,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
+    write_results(result, table, args.out)
     print()
     print(table)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -1,0 +1,580 @@
+"""Trainers for generators: flow-matching teachers and sCD / rCM students.
+
+Both share :class:`GeneratorTrainer`'s loop: batches drawn from an in-memory dataset by one
+``torch.Generator`` (so a resumed run replays the exact same batches and noise), AdamW with
+a linear warm-up and optional cosine decay, gradient clipping, an EMA of the trained model,
+a tqdm bar, TensorBoard scalars and sample grids, PNG grids on disk, and atomic checkpoints
+from which :meth:`GeneratorTrainer.fit` resumes bit for bit.
+
+* :class:`TeacherTrainer`: conditional flow matching with classifier-free-guidance dropout.
+* :class:`DistillTrainer`: sCD (``dmd_weight = 0``) or rCM (``dmd_weight > 0``, with a
+  fake-score network trained on student samples), from a teacher's EMA weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from flowrl.flow.times import make_time_sampler
+from flowrl.generative.consistency import (
+    AdaptiveWeight,
+    TrigFlowWrapper,
+    consistency_sample,
+    dmd_loss,
+    fake_score_loss,
+    sample_trig_times,
+    scd_loss,
+    teacher_loss,
+    teacher_sample,
+    warmup_factor,
+)
+from flowrl.generative.visualize import save_samples, tensorboard_samples
+from flowrl.nets import EMA
+
+__all__ = [
+    "DistillConfig",
+    "DistillTrainer",
+    "GeneratorTrainer",
+    "TeacherConfig",
+    "TeacherTrainer",
+    "TrainerConfig",
+]
+
+
+@dataclass
+class TrainerConfig:
+    """Optimization and bookkeeping shared by every generator trainer.
+
+    Attributes:
+        steps: Total gradient steps.
+        batch_size: Samples per step.
+        lr: Peak learning rate (AdamW).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear learning-rate warm-up.
+        cosine_decay: Decay the learning rate to 0 on a cosine after the warm-up.
+        grad_clip: Max gradient norm (0 disables clipping).
+        ema_decay: Decay of the EMA of the trained model (what is sampled and saved).
+        seed: Seed of the trainer's generator (batches, noise, times, dropout).
+        log_interval: Steps between TensorBoard scalar writes.
+        sample_interval: Steps between sample grids (0: only at the end).
+        checkpoint_interval: Steps between checkpoints (0: only at the end).
+        num_samples: Samples per grid.
+    """
+
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    cosine_decay: bool = True
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_interval: int = 50
+    sample_interval: int = 1000
+    checkpoint_interval: int = 1000
+    num_samples: int = 64
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("need steps >= 1, batch_size >= 1 and lr > 0")
+
+
+@dataclass
+class TeacherConfig(TrainerConfig):
+    """A flow-matching teacher.
+
+    Attributes:
+        p_uncond: Probability of dropping a label to the null class (guidance training).
+        time_sampler: ``"uniform"``, ``"logit_normal"`` or ``"beta"`` (:mod:`flowrl.flow.times`).
+        time_sampler_kwargs: Its parameters.
+        sample_steps: Euler steps of the grids drawn during training.
+        guidance: Guidance scale of those grids.
+    """
+
+    p_uncond: float = 0.1
+    time_sampler: str = "logit_normal"
+    time_sampler_kwargs: dict[str, float] = field(default_factory=dict)
+    sample_steps: int = 32
+    guidance: float = 1.0
+
+
+@dataclass
+class DistillConfig(TrainerConfig):
+    """An sCD or rCM student.
+
+    Attributes:
+        sigma_d: TrigFlow's data standard deviation.
+        guidance: Teacher guidance scale distilled into the student.
+        p_mean: Mean of the log-tangent of the training angles (:func:`sample_trig_times`).
+        p_std: Its standard deviation.
+        tangent_warmup_steps: Steps over which r ramps from 0 to 1.
+        tangent_norm: c of the tangent normalization (≤ 0: off).
+        adaptive_weight: Learn sCM's adaptive weighting u(s).
+        dmd_weight: λ of rCM's DMD term (0: plain sCD).
+        dmd_steps: Student sampling steps used for the DMD samples (one drawn per step).
+        fake_steps: Fake-score updates per student update.
+        fake_lr: Fake-score learning rate.
+        dmd_t_range: Re-noising times of the DMD term (linear-path t).
+        sample_steps: Student steps of the grids drawn during training.
+    """
+
+    lr: float = 1e-4
+    ema_decay: float = 0.99
+    warmup_steps: int = 0
+    sigma_d: float = 1.0
+    guidance: float = 1.0
+    p_mean: float = -0.8
+    p_std: float = 1.6
+    tangent_warmup_steps: int = 500
+    tangent_norm: float = 0.1
+    adaptive_weight: bool = True
+    dmd_weight: float = 0.0
+    dmd_steps: tuple[int, ...] = (1, 2, 4)
+    fake_steps: int = 2
+    fake_lr: float = 1e-4
+    dmd_t_range: tuple[float, float] = (0.02, 0.98)
+    sample_steps: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.dmd_steps, self.dmd_t_range = tuple(self.dmd_steps), tuple(self.dmd_t_range)  # type: ignore[assignment]
+        if self.sigma_d <= 0 or self.dmd_weight < 0 or self.fake_steps < 0:
+            raise ValueError("need sigma_d > 0, dmd_weight >= 0, fake_steps >= 0")
+
+
+def _lr_lambda(config: TrainerConfig) -> Any:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if not config.cosine_decay:
+            return 1.0
+        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+    return factor
+
+
+class GeneratorTrainer:
+    """Training loop, RNG, EMA, logging, grids and checkpoints shared by the trainers.
+
+    Subclasses set ``self.model`` (trained), list extra state in :meth:`_extra_state`,
+    and implement :meth:`train_step` and :meth:`sample`.
+
+    Args:
+        data: Training samples, shape (N, ...).
+        labels: Class labels (N,) int64, or None for unconditional training.
+        config: Trainer configuration.
+        out_dir: Folder for checkpoints, grids and TensorBoard logs (None: nothing written).
+    """
+
+    name = "generator"
+
+    def __init__(
+        self,
+        data: Tensor,
+        labels: Tensor | None,
+        config: TrainerConfig,
+        out_dir: str | os.PathLike | None = None,
+    ):
+        if labels is not None and labels.shape != (len(data),):
+            raise ValueError(f"labels must have shape ({len(data)},), got {tuple(labels.shape)}")
+        if not torch.isfinite(data).all():
+            raise ValueError("the training data contain NaN or inf")
+        self.data, self.labels, self.config = data, labels, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ to implement
+
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def train_step(self) -> dict[str, float]:
+        """One update; returns its scalars."""
+        raise NotImplementedError
+
+    def sample(self, n: int, num_steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """N samples (EMA weights)."""
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers
+
+    def _setup_optimizer(self, params: list[nn.Parameter]) -> None:
+        cfg = self.config
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+
+    def batch(self) -> tuple[Tensor, Tensor | None]:
+        """A random training batch (x (B, ...), y (B,) or None) from the trainer's RNG."""
+        idx = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
+        return self.data[idx], None if self.labels is None else self.labels[idx]
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Standard normal noise from the trainer's RNG."""
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+
+    def grid_labels(self, n: int) -> Tensor | None:
+        """Labels of sample grids: classes in order, cycling (None if unconditional)."""
+        if self.labels is None:
+            return None
+        classes = int(self.labels.max()) + 1
+        return torch.arange(n) % classes
+
+    def _apply(self, loss: Tensor, params: list[nn.Parameter]) -> float:
+        """Backward, clip, step, schedule, EMA; refuses non-finite losses."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.name} loss is {loss.item()} at step {self.step}; the update was not "
+                "applied. Lower the learning rate or check the data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.grad_clip or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return grad_norm
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(
+        self,
+        steps: int | None = None,
+        *,
+        progress_bar: bool = True,
+        tensorboard: bool = True,
+        resume: bool = True,
+    ) -> GeneratorTrainer:
+        """Train until ``steps`` total steps (default ``config.steps``).
+
+        With an ``out_dir``, resumes from ``out_dir/checkpoint.pt`` when it exists (and
+        ``resume``), writes TensorBoard logs to ``out_dir/tb``, sample grids to
+        ``out_dir/samples_<step>.png`` and checkpoints every ``checkpoint_interval`` steps.
+        """
+        total = self.config.steps if steps is None else steps
+        ckpt = self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+        if resume and ckpt is not None and ckpt.exists():
+            self.load_checkpoint(ckpt)
+        writer = None
+        if tensorboard and self.out_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.fspath(self.out_dir / "tb"))
+        cfg = self.config
+        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=self.name)
+        try:
+            while self.step < total:
+                scalars = self.train_step()
+                self.history.append({"step": self.step, **scalars})
+                bar.update(1)
+                if self.step % cfg.log_interval == 0 or self.step == total:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                    if writer is not None:
+                        for key, value in scalars.items():
+                            writer.add_scalar(f"train/{key}", value, self.step)
+                if cfg.sample_interval and self.step % cfg.sample_interval == 0:
+                    self._write_samples(writer)
+                if (
+                    ckpt is not None
+                    and cfg.checkpoint_interval
+                    and self.step % cfg.checkpoint_interval == 0
+                ):
+                    self.save_checkpoint(ckpt)
+            if self.out_dir is not None and self.step > 0:
+                self._write_samples(writer)
+                self.save_checkpoint(ckpt)  # type: ignore[arg-type]
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return self
+
+    def _write_samples(self, writer: Any) -> None:
+        if self.out_dir is None:
+            return
+        n = self.config.num_samples
+        # A separate RNG: drawing grids must not change the training stream.
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.config.seed + 10_007)
+        with torch.no_grad():
+            samples = self.sample(n, y=self.grid_labels(n))
+        torch.random.set_rng_state(state)
+        save_samples(samples, self.out_dir / f"samples_{self.step:07d}.png")
+        if writer is not None:
+            tensorboard_samples(writer, "samples", samples, self.step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit for bit."""
+        return {
+            "kind": type(self).__name__,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "history": self.history,
+            "config": asdict(self.config),
+            **self._extra_state(),
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Atomic write of :meth:`state_dict` (a crash never leaves a torn checkpoint)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint of the same trainer class and architecture."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("kind") != type(self).__name__:
+            raise ValueError(
+                f"{os.fspath(path)!r} is a {state.get('kind')} checkpoint, not a "
+                f"{type(self).__name__} one"
+            )
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step = state["step"]
+        self.history = list(state["history"])
+        self._load_extra_state(state)
+
+
+class TeacherTrainer(GeneratorTrainer):
+    """Flow-matching teacher with classifier-free-guidance dropout.
+
+    Args:
+        net: Velocity network ``net(x, t, y)`` (e.g. :class:`~flowrl.generative.models.DiT`).
+        data: Training samples (N, ...).
+        labels: Labels (N,) or None.
+        config: :class:`TeacherConfig`.
+        out_dir: Output folder or None.
+    """
+
+    name = "teacher"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        data: Tensor,
+        labels: Tensor | None,
+        config: TeacherConfig | None = None,
+        out_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__(data, labels, config or TeacherConfig(), out_dir)
+        cfg: TeacherConfig = self.config  # type: ignore[assignment]
+        self.model = net
+        self.ema = EMA(net, cfg.ema_decay)
+        self.time_sampler = make_time_sampler(cfg.time_sampler, **cfg.time_sampler_kwargs)
+        self._setup_optimizer(list(net.parameters()))
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The EMA network (what students distil)."""
+        return self.ema.shadow
+
+    def train_step(self) -> dict[str, float]:
+        """One flow-matching step."""
+        cfg: TeacherConfig = self.config  # type: ignore[assignment]
+        x1, y = self.batch()
+        t = self.time_sampler(len(x1), generator=self.generator)
+        self.model.train()
+        loss = teacher_loss(self.model, x1, y, t, self.randn_like(x1), cfg.p_uncond, self.generator)
+        grad_norm = self._apply(loss, list(self.model.parameters()))
+        return {
+            "loss": float(loss.detach()),
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int | None = None,
+        y: Tensor | None = None,
+        guidance: float | None = None,
+        method: str = "euler",
+    ) -> Tensor:
+        """N samples of the EMA teacher with K Euler (or Heun) steps."""
+        cfg: TeacherConfig = self.config  # type: ignore[assignment]
+        noise = torch.randn((n, *self.data.shape[1:]))
+        return teacher_sample(
+            self.teacher,
+            noise,
+            y,
+            num_steps or cfg.sample_steps,
+            method,
+            cfg.guidance if guidance is None else guidance,
+        )
+
+
+class DistillTrainer(GeneratorTrainer):
+    """sCD (and rCM when ``dmd_weight > 0``) student of a flow-matching teacher.
+
+    The student starts as a copy of the teacher's network in TrigFlow form; with rCM a
+    fake-score network (another copy, linear-path) is trained on the student's samples.
+
+    Args:
+        teacher: The teacher's velocity network (its EMA weights); it is not modified.
+        data: Training samples (N, ...).
+        labels: Labels (N,) or None.
+        config: :class:`DistillConfig`.
+        out_dir: Output folder or None.
+    """
+
+    name = "distill"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        data: Tensor,
+        labels: Tensor | None,
+        config: DistillConfig | None = None,
+        out_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__(data, labels, config or DistillConfig(), out_dir)
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.teacher_net = frozen
+        self.teacher = TrigFlowWrapper(frozen, cfg.sigma_d, cfg.guidance)
+        # The copies must train even if the teacher came frozen (an EMA shadow).
+        self.model = TrigFlowWrapper(
+            copy.deepcopy(teacher).requires_grad_(True).train(), cfg.sigma_d
+        )
+        with torch.random.fork_rng():  # the weighting net's init follows config.seed
+            torch.manual_seed(cfg.seed)
+            self.weight = AdaptiveWeight() if cfg.adaptive_weight else None
+        self.ema = EMA(self.model, cfg.ema_decay)
+        params = list(self.model.parameters())
+        if self.weight is not None:
+            params += list(self.weight.parameters())
+        self._params = params
+        self._setup_optimizer(params)
+        self.fake: nn.Module | None = None
+        if cfg.dmd_weight > 0:
+            self.fake = copy.deepcopy(teacher).requires_grad_(True).train()
+            self.fake_optimizer = torch.optim.AdamW(
+                self.fake.parameters(), lr=cfg.fake_lr, betas=cfg.betas
+            )
+
+    @property
+    def student(self) -> TrigFlowWrapper:
+        """The EMA student (what is sampled and saved)."""
+        return self.ema.shadow  # type: ignore[return-value]
+
+    def _dmd_samples(self, y: Tensor | None, grad: bool) -> Tensor:
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        pick = int(torch.randint(len(cfg.dmd_steps), (), generator=self.generator))
+        noise = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=self.generator)
+        with torch.set_grad_enabled(grad):
+            return consistency_sample(
+                self.model, noise, y, cfg.dmd_steps[pick], self.generator, grad_last_only=True
+            )
+
+    def _times(self, n: int) -> Tensor:
+        lo, hi = self.config.dmd_t_range  # type: ignore[attr-defined]
+        return lo + (hi - lo) * torch.rand(n, generator=self.generator)
+
+    def train_step(self) -> dict[str, float]:
+        """Fake-score updates (rCM), then one student update."""
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        out: dict[str, float] = {}
+        x0, y = self.batch()
+        if self.fake is not None:
+            for _ in range(cfg.fake_steps):
+                samples = self._dmd_samples(y, grad=False)
+                t = self._times(len(samples))
+                fake_loss = fake_score_loss(self.fake, samples, y, t, self.randn_like(samples))
+                self.fake_optimizer.zero_grad(set_to_none=True)
+                fake_loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    self.fake.parameters(), cfg.grad_clip or float("inf")
+                )
+                self.fake_optimizer.step()
+                out["fake_loss"] = float(fake_loss.detach())
+        s = sample_trig_times(len(x0), cfg.p_mean, cfg.p_std, cfg.sigma_d, self.generator)
+        r = warmup_factor(self.step, cfg.tangent_warmup_steps)
+        loss, stats = scd_loss(
+            self.model,
+            self.teacher,
+            x0,
+            y,
+            s,
+            self.randn_like(x0),
+            warmup=r,
+            tangent_norm=cfg.tangent_norm,
+            weight=self.weight,
+        )
+        out["scd_loss"] = float(loss.detach())
+        if self.fake is not None:
+            samples = self._dmd_samples(y, grad=True)
+            t = self._times(len(samples))
+            dmd = dmd_loss(
+                samples, y, self.teacher_net, self.fake, t, self.randn_like(samples), cfg.guidance
+            )
+            loss = loss + cfg.dmd_weight * dmd
+            out["dmd_loss"] = float(dmd.detach())
+        grad_norm = self._apply(loss, self._params)
+        out.update(
+            loss=float(loss.detach()),
+            mse=float(stats["mse"]),
+            g_norm=float(stats["g_norm"]),
+            warmup=r,
+            grad_norm=grad_norm,
+            lr=self.scheduler.get_last_lr()[0],
+        )
+        return out
+
+    def sample(self, n: int, num_steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """N samples of the EMA student in ``num_steps`` (default ``config.sample_steps``)."""
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        noise = torch.randn((n, *self.data.shape[1:]))
+        return consistency_sample(self.student, noise, y, num_steps or cfg.sample_steps)
+
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.weight is not None:
+            state["weight"] = self.weight.state_dict()
+        if self.fake is not None:
+            state["fake"] = self.fake.state_dict()
+            state["fake_optimizer"] = self.fake_optimizer.state_dict()
+        return state
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.weight is not None:
+            self.weight.load_state_dict(state["weight"])
+        if self.fake is not None:
+            self.fake.load_state_dict(state["fake"])
+            self.fake_optimizer.load_state_dict(state["fake_optimizer"])

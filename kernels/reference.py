@@ -235,9 +235,11 @@ def blockwise_attention(
     neg_inf = float("-inf")
 
     for q0 in range(0, n_q, block_q):
-        rows = torch.arange(q0, min(q0 + block_q, n_q), device=device)
-        qb = q[:, :, rows].to(acc_dtype)
-        tqb = tq[:, :, rows].to(acc_dtype) if tq is not None else None
+        q1 = min(q0 + block_q, n_q)
+        rows = torch.arange(q0, q1, device=device)
+        # Basic slices are views; only the masks need index tensors.
+        qb = q[:, :, q0:q1].to(acc_dtype)
+        tqb = tq[:, :, q0:q1].to(acc_dtype) if tq is not None else None
         m = torch.full((batch, heads, len(rows)), neg_inf, device=device, dtype=acc_dtype)
         l_sum = torch.zeros_like(m)
         o_acc = torch.zeros(batch, heads, len(rows), dim, device=device, dtype=acc_dtype)
@@ -250,8 +252,9 @@ def blockwise_attention(
         # Causal rows never see keys past their own index: stop at the block's last row.
         k_stop = min(n_k, q0 + len(rows)) if causal else n_k
         for k0 in range(0, k_stop, block_k):
-            cols = torch.arange(k0, min(k0 + block_k, k_stop), device=device)
-            kb, vb = k[:, :, cols].to(acc_dtype), v[:, :, cols].to(acc_dtype)
+            k1 = min(k0 + block_k, k_stop)
+            cols = torch.arange(k0, k1, device=device)
+            kb, vb = k[:, :, k0:k1].to(acc_dtype), v[:, :, k0:k1].to(acc_dtype)
             s = torch.matmul(qb, kb.transpose(-1, -2)) * scale
             visible = attention_mask(rows, cols, causal, key_padding_mask)
             if visible is not None:
@@ -264,7 +267,7 @@ def blockwise_attention(
             l_sum = l_sum * alpha + p.sum(dim=-1)
             o_acc = o_acc * alpha[..., None] + torch.matmul(p, vb)
             if with_tangent:
-                tkb, tvb = tk[:, :, cols].to(acc_dtype), tv[:, :, cols].to(acc_dtype)
+                tkb, tvb = tk[:, :, k0:k1].to(acc_dtype), tv[:, :, k0:k1].to(acc_dtype)
                 s_dot = (
                     torch.matmul(tqb, kb.transpose(-1, -2))
                     + torch.matmul(qb, tkb.transpose(-1, -2))
@@ -277,11 +280,13 @@ def blockwise_attention(
         empty = l_sum == 0
         l_safe = torch.where(empty, 1.0, l_sum)[..., None]
         o_blk = o_acc / l_safe
-        out[:, :, rows] = o_blk.to(q.dtype)
-        lse[:, :, rows] = torch.where(empty, neg_inf, m + torch.log(torch.where(empty, 1.0, l_sum)))
+        out[:, :, q0:q1] = o_blk.to(q.dtype)
+        lse[:, :, q0:q1] = torch.where(
+            empty, neg_inf, m + torch.log(torch.where(empty, 1.0, l_sum))
+        )
         if with_tangent:
             mu = r_sum[..., None] / l_safe
-            out_dot[:, :, rows] = ((a_acc + b_acc) / l_safe - mu * o_blk).to(q.dtype)
+            out_dot[:, :, q0:q1] = ((a_acc + b_acc) / l_safe - mu * o_blk).to(q.dtype)
     return out, out_dot, lse
 
 
@@ -331,21 +336,23 @@ def blockwise_attention_backward(
     dv = torch.zeros(v.shape, device=device, dtype=acc_dtype)
     delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (B, H, Nq)
     for q0 in range(0, n_q, block_q):
-        rows = torch.arange(q0, min(q0 + block_q, n_q), device=device)
-        qb, dob = q[:, :, rows].to(acc_dtype), grad_out[:, :, rows].to(acc_dtype)
-        lse_b, delta_b = lse[:, :, rows].to(acc_dtype), delta[:, :, rows]
+        q1 = min(q0 + block_q, n_q)
+        rows = torch.arange(q0, q1, device=device)
+        qb, dob = q[:, :, q0:q1].to(acc_dtype), grad_out[:, :, q0:q1].to(acc_dtype)
+        lse_b, delta_b = lse[:, :, q0:q1].to(acc_dtype), delta[:, :, q0:q1]
         k_stop = min(n_k, q0 + len(rows)) if causal else n_k
         for k0 in range(0, k_stop, block_k):
-            cols = torch.arange(k0, min(k0 + block_k, k_stop), device=device)
-            kb, vb = k[:, :, cols].to(acc_dtype), v[:, :, cols].to(acc_dtype)
+            k1 = min(k0 + block_k, k_stop)
+            cols = torch.arange(k0, k1, device=device)
+            kb, vb = k[:, :, k0:k1].to(acc_dtype), v[:, :, k0:k1].to(acc_dtype)
             s = torch.matmul(qb, kb.transpose(-1, -2)) * scale
             p = torch.exp(s - lse_b[..., None])
             visible = attention_mask(rows, cols, causal, key_padding_mask)
             if visible is not None:
                 p = torch.where(visible, p, 0.0)
             # Empty rows (lse = −inf) have no visible entry, so p is already 0 there.
-            dv[:, :, cols] += torch.matmul(p.transpose(-1, -2), dob)
+            dv[:, :, k0:k1] += torch.matmul(p.transpose(-1, -2), dob)
             ds = p * (torch.matmul(dob, vb.transpose(-1, -2)) - delta_b[..., None])
-            dq[:, :, rows] += torch.matmul(ds, kb) * scale
-            dk[:, :, cols] += torch.matmul(ds.transpose(-1, -2), qb) * scale
+            dq[:, :, q0:q1] += torch.matmul(ds, kb) * scale
+            dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), qb) * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -282,6 +282,8 @@ class GeneratorTrainer:
         ckpt = self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
         if resume and ckpt is not None and ckpt.exists():
             self.load_checkpoint(ckpt)
+        if self.step >= total:
+            return self  # already trained that far: nothing to do
         writer = None
         if tensorboard and self.out_dir is not None:
             from torch.utils.tensorboard import SummaryWriter

@@ -132,6 +132,16 @@ def _forward_kernel(
 
 
 @triton.jit
+def _probs_and_score_grads(q, k, v, do, lse, delta, visible, scale, PRECISION: tl.constexpr):
+    """P = exp(S − lse) and dS = P ⊙ (dO·Vᵀ − Δ) of one (query, key) block pair."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    # Empty rows (lse = -inf) have no visible pair, so the where keeps p finite.
+    p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _backward_kv_kernel(
     Q,
     K,
@@ -178,13 +188,9 @@ def _backward_kv_kernel(
         do = tl.load(DO + q_offsets, mask=q_mask, other=0.0)
         lse = tl.load(LSE + bh * n_q + rows, mask=rows < n_q, other=0.0)
         delta = tl.load(DELTA + bh * n_q + rows, mask=rows < n_q, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         visible = _visible(rows, cols, n_q, n_k, batch, KPM, CAUSAL, HAS_KPM)
-        # Empty rows (lse = -inf) have no visible pair, so the where keeps p finite.
-        p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
+        p, ds = _probs_and_score_grads(q, k, v, do, lse, delta, visible, scale, PRECISION)
         dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
     tl.store(DK + kv_offsets, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + kv_offsets, dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -234,11 +240,8 @@ def _backward_q_kernel(
         kv_mask = (cols[:, None] < n_k) & (dims[None, :] < head_dim)
         k = tl.load(K + kv_offsets, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_offsets, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         visible = _visible(rows, cols, n_q, n_k, batch, KPM, CAUSAL, HAS_KPM)
-        p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
+        _, ds = _probs_and_score_grads(q, k, v, do, lse, delta, visible, scale, PRECISION)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     tl.store(DQ + q_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 

@@ -24,6 +24,7 @@ from flowrl.data.datasets import OfflineDataset
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.times import make_time_sampler
 from flowrl.nets.ema import EMA
+from flowrl.optim import guarded_step
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
 __all__ = ["BCConfig", "FlowBC"]
@@ -151,22 +152,20 @@ class FlowBC:
             obs, actions, time_sampler=self.time_sampler, generator=self.generator
         )
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"BC loss is {loss.item()} at step {self.step}; the update was not applied. "
-                "Check the dataset for extreme values and lower the learning rate."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.actor.parameters(), self.config.grad_clip or float("inf")
+        grad_norm = guarded_step(
+            loss,
+            self.optimizer,
+            self.actor.parameters(),
+            self.config.grad_clip,
+            what="BC",
+            step=self.step,
+            hint="Check the dataset for extreme values and lower the learning rate.",
         )
-        self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.actor)
         self.step += 1
         out = {k: float(v.detach()) for k, v in terms.items()}
-        out["grad_norm"] = float(grad_norm)
+        out["grad_norm"] = grad_norm
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
 

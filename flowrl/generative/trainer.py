@@ -39,6 +39,7 @@ from flowrl.generative.consistency import (
 )
 from flowrl.generative.visualize import save_samples, tensorboard_samples
 from flowrl.nets import EMA
+from flowrl.optim import guarded_step
 
 __all__ = [
     "DistillConfig",
@@ -247,16 +248,15 @@ class GeneratorTrainer:
 
     def _apply(self, loss: Tensor, params: list[nn.Parameter]) -> float:
         """Backward, clip, step, schedule, EMA; refuses non-finite losses."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{self.name} loss is {loss.item()} at step {self.step}; the update was not "
-                "applied. Lower the learning rate or check the data."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = self.config.grad_clip or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        self.optimizer.step()
+        grad_norm = guarded_step(
+            loss,
+            self.optimizer,
+            params,
+            self.config.grad_clip,
+            what=self.name,
+            step=self.step,
+            hint="Lower the learning rate or check the data.",
+        )
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1

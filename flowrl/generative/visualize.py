@@ -65,6 +65,9 @@ def save_samples(samples: Tensor, path: str | os.PathLike) -> None:
     if picture is not None:
         import matplotlib.pyplot as plt
 
+        # Small pictures (8×8 digits) are enlarged with square pixels to stay legible.
+        factor = max(1, min(8, 512 // max(picture.shape[1:])))
+        picture = picture.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
         array = picture.permute(1, 2, 0).numpy()
         plt.imsave(
             path, array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1

@@ -35,6 +35,7 @@ from torch import Tensor
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.integrators import (
     NoisyChain,
+    gaussian_log_prob,
     integrate,
     noisy_chain_log_prob,
     noisy_euler_transition,
@@ -89,6 +90,12 @@ class FlowPolicy(BasePolicy):
         num_steps: K, denoising steps of the chain (default: the actor's).
         sigma_min: Lower bound of σ_φ (normalized action units).
         sigma_max: Upper bound of σ_φ at the start of training (a schedule may lower it).
+        initial_std: Standard deviation c of the chain's start a⁰ ~ N(0, c²I) in stochastic
+            rollouts. 1 samples a⁰ like BC training; 0 starts every chain at a⁰ = 0, the
+            start of the deterministic ODE that ``predict(deterministic=True)`` integrates,
+            so exploration comes from σ_φ alone around the policy that is evaluated. The
+            a⁰ term of the likelihood uses c (omitted for c = 0); it does not depend on the
+            parameters, so PPO ratios are the same either way.
         noise_hidden: Hidden widths of the noise network.
         value_hidden: Hidden widths of the value network.
         optimizer_class: Optimizer for both networks.
@@ -105,6 +112,7 @@ class FlowPolicy(BasePolicy):
         num_steps: int | None = None,
         sigma_min: float = 0.10,
         sigma_max: float = 0.24,
+        initial_std: float = 1.0,
         noise_hidden: tuple[int, ...] = (64, 64),
         value_hidden: tuple[int, ...] = (256, 256),
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -119,6 +127,9 @@ class FlowPolicy(BasePolicy):
         obs_dim, action_dim = check_spaces(observation_space, action_space)
         if not 0 < sigma_min <= sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+        if not initial_std >= 0:
+            raise ValueError(f"initial_std must be >= 0, got {initial_std}")
+        self.initial_std = float(initial_std)
         self.actor = self._make_actor(obs_dim, action_dim, actor_config, pretrained, action_space)
         # Frozen copy of the starting flow: the anchor of the W2 regularizer.
         self.reference = copy.deepcopy(self.actor).requires_grad_(False).eval()
@@ -211,6 +222,7 @@ class FlowPolicy(BasePolicy):
             num_steps=self.num_steps,
             sigma_min=self.sigma_min,
             sigma_max=self._sigma_max_init,
+            initial_std=self.initial_std,
             noise_hidden=self.noise_hidden,
             value_hidden=self.value_hidden,
             optimizer_class=self.optimizer_class,
@@ -233,6 +245,16 @@ class FlowPolicy(BasePolicy):
         """a⁰ ~ N(0, I), shape (B, Da), in the networks' dtype."""
         shape = (obs.shape[0], self.actor.config.action_dim)
         return torch.randn(shape, generator=generator, device=obs.device, dtype=self.dtype)
+
+    def _initial_state(self, obs: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Chain start a⁰ ~ N(0, c²I), c = ``initial_std``, shape (B, Da)."""
+        return self.initial_std * self._noise(obs, generator)
+
+    def _initial_log_prob(self, a0: Tensor) -> Tensor:
+        """Log-density of a⁰ under N(0, c²I), shape (B,) float64; 0 for the fixed start c = 0."""
+        if self.initial_std == 0:
+            return torch.zeros(a0.shape[0], device=a0.device, dtype=torch.float64)
+        return gaussian_log_prob(a0, torch.zeros_like(a0), torch.full_like(a0, self.initial_std))
 
     def sigma(self, t: Tensor, obs_n: Tensor) -> Tensor:
         """σ_φ(t, o) ∈ [σ_min, σ_max], shape (B, Da), from times (B,) and normalized obs."""
@@ -262,8 +284,11 @@ class FlowPolicy(BasePolicy):
             Chains (B, K+1, Da) and log-likelihoods (B,).
         """
         _, velocity, std = self._fields(obs)
-        a0 = self._noise(obs, generator)
-        return sample_noisy_chain(velocity, std, a0, self.num_steps, generator=generator)
+        a0 = self._initial_state(obs, generator)
+        sampled = sample_noisy_chain(
+            velocity, std, a0, self.num_steps, include_initial=False, generator=generator
+        )
+        return NoisyChain(sampled.chain, sampled.log_prob + self._initial_log_prob(a0))
 
     def sample_chain(
         self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None
@@ -349,7 +374,9 @@ class FlowPolicy(BasePolicy):
             return sigmas[-1]
 
         velocity = self.actor.velocity_fn(obs_rep, self.num_steps)
-        log_prob = noisy_chain_log_prob(velocity, std, self._cast(chain), fused=True)
+        chain = self._cast(chain)
+        log_prob = noisy_chain_log_prob(velocity, std, chain, include_initial=False, fused=True)
+        log_prob = log_prob + self._initial_log_prob(chain[:, 0])
         return log_prob, sigmas[0].reshape(self.num_steps, obs.shape[0], -1), obs_n
 
     def sigma_grid(self, obs: Tensor) -> Tensor:

@@ -480,3 +480,41 @@ def test_shortcut_actor_is_told_the_step_size(K):
         return_trajectory=True,
     )
     torch.testing.assert_close(chain, expected)
+
+
+# ---------------------------------------------------------------------- chain start
+
+
+@pytest.mark.parametrize("initial_std", [0.0, 0.5])
+def test_initial_std_sets_the_chain_start_and_its_likelihood_term(initial_std):
+    torch.manual_seed(0)
+    policy = _randomise(_policy(4, initial_std=initial_std)).double()
+    obs = _obs(MULTIGOAL_OBS, 2000, dtype=torch.float64)
+    with torch.no_grad():
+        sampled = policy.sample(obs, generator=torch.Generator().manual_seed(3))
+        rescored = policy.log_prob_chain(obs, sampled.chain)
+        a0 = sampled.chain[:, 0]
+        # Transitions by torch.distributions, plus the start's own term (none when fixed).
+        reference = _independent_log_prob(policy, obs, sampled.chain)
+        zero = torch.zeros((), dtype=torch.float64)
+        reference = reference - Normal(zero, zero + 1).log_prob(a0).sum(-1)
+        if initial_std > 0:
+            reference = reference + Normal(zero, zero + initial_std).log_prob(a0).sum(-1)
+    assert abs(float(a0.std()) - initial_std) < 0.03
+    torch.testing.assert_close(sampled.log_prob, reference, atol=1e-10, rtol=0)
+    torch.testing.assert_close(rescored, reference, atol=1e-10, rtol=0)
+    # Deterministic actions do not depend on the option.
+    twin = _randomise(_policy(4, initial_std=1.0)).double()
+    twin.load_state_dict(policy.state_dict())
+    small = obs[:8].numpy()
+    np.testing.assert_array_equal(
+        policy.predict(small, deterministic=True)[0], twin.predict(small, deterministic=True)[0]
+    )
+
+
+def test_initial_std_validated_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="initial_std"):
+        _policy(4, initial_std=-1.0)
+    policy = _policy(4, initial_std=0.0)
+    policy.save(tmp_path / "p.zip")
+    assert FlowPolicy.load(tmp_path / "p.zip").initial_std == 0.0

@@ -32,7 +32,7 @@ from flowrl.generative.data import digits, mixture, mixture_modes, moving_square
 from flowrl.generative.metrics import frechet_distance, motion_directions, train_digit_classifier
 from flowrl.generative.models import DiT, DiTConfig, MLPGenerator
 from flowrl.generative.trainer import DistillConfig, DistillTrainer, TeacherConfig, TeacherTrainer
-from flowrl.generative.visualize import save_samples
+from flowrl.generative.visualize import save_comparison, save_samples
 from flowrl.metrics import mode_counts, sliced_wasserstein
 
 STAGES = ("teacher", "scd", "rcm", "evaluate")
@@ -204,12 +204,21 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     grids = out / "grids"
 
+    panels: dict[str, Tensor] = {}
+    most = max(cfg.evaluate.teacher_steps)
+
     def record(model: str, steps: int, samples: Tensor, seconds: float) -> None:
         rows.append(
             {"model": model, "steps": steps, "seconds": seconds, **evaluator.metrics(samples)}
         )
         picture = samples[:64] if samples.dim() <= 4 else samples[:8]
         save_samples(picture, grids / f"{model}_{steps}step.png")
+        # The comparison figure: the teacher at 1 step and at most steps, students at 1, 2.
+        if (model == "teacher" and steps in (1, most)) or (model != "teacher" and steps <= 2):
+            label = f"{model}, {steps} step{'s' if steps > 1 else ''}"
+            panels[label] = (
+                samples if samples.dim() == 2 else picture[: 40 if samples.dim() == 4 else 6]
+            )
         print(f"  {model:8s} {steps:3d} steps  {rows[-1]}", flush=True)
 
     for steps in cfg.evaluate.teacher_steps:
@@ -225,6 +234,7 @@ def evaluate(
             with torch.no_grad():
                 samples = student.sample(n, num_steps=steps, y=evaluator.labels)
             record(name, steps, samples, time.perf_counter() - start)
+    save_comparison(panels, out / "comparison.png")
     return {"rows": rows, "data_floor": evaluator.floor}
 
 

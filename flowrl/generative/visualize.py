@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "save_samples", "tensorboard_samples", "video_strips"]
+__all__ = ["image_grid", "save_comparison", "save_samples", "tensorboard_samples", "video_strips"]
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
@@ -89,3 +89,27 @@ def tensorboard_samples(writer: Any, tag: str, samples: Tensor, step: int) -> No
         writer.add_image(tag, picture, step)
     elif samples.dim() == 2 and samples.shape[1] == 2:
         writer.add_figure(tag, _scatter_figure(samples), step)
+
+
+def save_comparison(panels: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """One PNG with a titled panel per entry (scatter, grid or strips by shape), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, samples) in zip(axes[0], panels.items(), strict=True):
+        picture = _picture(samples)
+        if picture is None:
+            xy = samples.detach().float().cpu().numpy()
+            ax.scatter(xy[:, 0], xy[:, 1], s=1, alpha=0.4)
+            ax.set_aspect("equal")
+        else:
+            ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(title, fontsize=9)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -86,12 +86,6 @@ def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open problem: ReinFlow lowered the BC return on Hopper-v5 in both measured "
-    "configurations (1394 -> 1224 with defaults, 1394 -> 1157 with lr 1e-4, critic warm-up "
-    "and target_kl 0.01, 300k steps); see the issue notes",
-)
 def test_reinflow_improves_bc_on_hopper():
     """Hopper-v5: a PPO teacher makes the data, BC imitates it, ReinFlow improves on BC."""
     from stable_baselines3 import PPO
@@ -118,18 +112,18 @@ def test_reinflow_improves_bc_on_hopper():
     )
     bc.learn(progress_bar=False)
     venv = VecNormalize(make_vec_env("Hopper-v5", n_envs=4, seed=1), norm_obs=False)
-    # Conservative fine-tuning of a good start: a critic warm-up before the actor moves,
-    # a smaller actor step and a KL stop (a first try with the defaults, lr 3e-4 and no
-    # warm-up, went from 1394 to 1224 in 300k steps).
+    # Chains start at a⁰ = 0 (FlowPolicy's default initial_std): PPO improves the path the
+    # deterministic evaluation follows. A critic warm-up before the actor moves and a KL
+    # stop keep the good start from being wrecked early.
     model = ReinFlow(
         FlowPolicy.from_pretrained(bc.actor_ema, venv.observation_space, venv.action_space),
         venv,
         n_steps=512,
         batch_size=512,
         n_epochs=5,
-        learning_rate=1e-4,
+        learning_rate=3e-4,
         critic_warmup_updates=5,
-        target_kl=0.01,
+        target_kl=0.03,
         seed=0,
     )
 
@@ -145,4 +139,6 @@ def test_reinflow_improves_bc_on_hopper():
         f"{before_stochastic:.0f} -> {after_stochastic:.0f} (stochastic); "
         f"training ep_rew_mean {model.logger.name_to_value.get('rollout/ep_rew_mean')}"
     )
-    assert after > before
+    # Measured with these settings (helper runs on the same pipeline, 3 seeds at 300k):
+    # 1178 -> 1591, 3233, 3113. The margin guards against evaluation noise (std ~100-300).
+    assert after > before + 200

@@ -63,9 +63,14 @@ def _obs(space: spaces.Box, B: int, seed=0, dtype=torch.float32) -> torch.Tensor
 
 
 def _independent_log_prob(policy: FlowPolicy, obs: torch.Tensor, chain: torch.Tensor):
-    """log N(a⁰; 0, I) + Σ_k log N(a^{k+1}; step_distribution(a^k, k)), by torch.distributions."""
+    """log N(a⁰; 0, c²I) + Σ_k log N(a^{k+1}; step_distribution(a^k, k)), by torch.distributions.
+
+    The a⁰ term is absent when the chain starts at a fixed a⁰ = 0 (``initial_std`` c = 0).
+    """
     zero = torch.zeros((), dtype=chain.dtype)
-    total = Normal(zero, zero + 1).log_prob(chain[:, 0]).sum(-1)
+    total = torch.zeros(chain.shape[0], dtype=chain.dtype)
+    if policy.initial_std > 0:
+        total = Normal(zero, zero + policy.initial_std).log_prob(chain[:, 0]).sum(-1)
     for k in range(policy.num_steps):
         mean, std = policy.step_distribution(obs, chain[:, k], k)
         total = total + Normal(mean, std).log_prob(chain[:, k + 1]).sum(-1)
@@ -147,7 +152,7 @@ def test_log_prob_chain_rejects_wrong_chain_shape():
 @pytest.mark.parametrize("K", KS)
 def test_sampled_chains_have_standard_normal_residuals(K):
     torch.manual_seed(0)
-    policy = _randomise(_policy(K))
+    policy = _randomise(_policy(K, initial_std=1.0))  # a⁰ ~ N(0, I) is checked too
     B = 8000  # × Da = 2: 16000 residuals per step, standard error of the mean 0.008
     obs = _obs(MULTIGOAL_OBS, B, seed=K)
     with torch.no_grad():
@@ -485,7 +490,7 @@ def test_shortcut_actor_is_told_the_step_size(K):
 # ---------------------------------------------------------------------- chain start
 
 
-@pytest.mark.parametrize("initial_std", [0.0, 0.5])
+@pytest.mark.parametrize("initial_std", [0.0, 0.5, 1.0])
 def test_initial_std_sets_the_chain_start_and_its_likelihood_term(initial_std):
     torch.manual_seed(0)
     policy = _randomise(_policy(4, initial_std=initial_std)).double()
@@ -494,17 +499,12 @@ def test_initial_std_sets_the_chain_start_and_its_likelihood_term(initial_std):
         sampled = policy.sample(obs, generator=torch.Generator().manual_seed(3))
         rescored = policy.log_prob_chain(obs, sampled.chain)
         a0 = sampled.chain[:, 0]
-        # Transitions by torch.distributions, plus the start's own term (none when fixed).
         reference = _independent_log_prob(policy, obs, sampled.chain)
-        zero = torch.zeros((), dtype=torch.float64)
-        reference = reference - Normal(zero, zero + 1).log_prob(a0).sum(-1)
-        if initial_std > 0:
-            reference = reference + Normal(zero, zero + initial_std).log_prob(a0).sum(-1)
     assert abs(float(a0.std()) - initial_std) < 0.03
     torch.testing.assert_close(sampled.log_prob, reference, atol=1e-10, rtol=0)
     torch.testing.assert_close(rescored, reference, atol=1e-10, rtol=0)
     # Deterministic actions do not depend on the option.
-    twin = _randomise(_policy(4, initial_std=1.0)).double()
+    twin = _randomise(_policy(4, initial_std=0.3)).double()
     twin.load_state_dict(policy.state_dict())
     small = obs[:8].numpy()
     np.testing.assert_array_equal(

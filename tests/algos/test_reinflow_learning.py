@@ -85,11 +85,12 @@ def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
     assert model.logger.name_to_value["flow/ratio_first_minibatch_max_deviation"] == 0.0
 
 
-@pytest.mark.slow
-def test_reinflow_improves_bc_on_hopper():
-    """Hopper-v5: a PPO teacher makes the data, BC imitates it, ReinFlow improves on BC."""
+@pytest.fixture(scope="module")
+def hopper_bc_actor():
+    """Hopper-v5: a PPO teacher (300k steps) makes 50k stochastic transitions; BC imitates."""
     from stable_baselines3 import PPO
 
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = PPO("MlpPolicy", make_vec_env("Hopper-v5", n_envs=4, seed=0), seed=0)
     teacher.learn(300_000)
@@ -111,12 +112,19 @@ def test_reinflow_improves_bc_on_hopper():
         config=BCConfig(steps=5000, batch_size=256, seed=0),
     )
     bc.learn(progress_bar=False)
+    return bc.actor_ema
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reinflow_improves_bc_on_hopper(hopper_bc_actor, seed):
+    """ReinFlow (300k steps) improves the deterministic return of the BC flow on Hopper-v5."""
     venv = VecNormalize(make_vec_env("Hopper-v5", n_envs=4, seed=1), norm_obs=False)
     # Chains start at a⁰ = 0 (FlowPolicy's default initial_std): PPO improves the path the
     # deterministic evaluation follows. A critic warm-up before the actor moves and a KL
     # stop keep the good start from being wrecked early.
     model = ReinFlow(
-        FlowPolicy.from_pretrained(bc.actor_ema, venv.observation_space, venv.action_space),
+        FlowPolicy.from_pretrained(hopper_bc_actor, venv.observation_space, venv.action_space),
         venv,
         n_steps=512,
         batch_size=512,
@@ -124,7 +132,7 @@ def test_reinflow_improves_bc_on_hopper():
         learning_rate=3e-4,
         critic_warmup_updates=5,
         target_kl=0.03,
-        seed=0,
+        seed=seed,
     )
 
     def evaluate(deterministic=True):
@@ -135,10 +143,10 @@ def test_reinflow_improves_bc_on_hopper():
     model.learn(300_000)
     after, after_stochastic = evaluate(), evaluate(False)
     print(
-        f"Hopper-v5 BC {before:.0f} -> ReinFlow {after:.0f} (deterministic), "
+        f"Hopper-v5 seed {seed}: BC {before:.0f} -> ReinFlow {after:.0f} (deterministic), "
         f"{before_stochastic:.0f} -> {after_stochastic:.0f} (stochastic); "
         f"training ep_rew_mean {model.logger.name_to_value.get('rollout/ep_rew_mean')}"
     )
-    # Measured with these settings (helper runs on the same pipeline, 3 seeds at 300k):
-    # 1178 -> 1591, 3233, 3113. The margin guards against evaluation noise (std ~100-300).
+    # Runs of this pipeline with these settings (seeds 0, 1, 2) went 1178 -> 1591, 3233,
+    # 3113; the margin guards against evaluation noise (episode std ~100-300).
     assert after > before + 200

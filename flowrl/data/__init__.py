@@ -4,10 +4,13 @@
   :func:`load_dataset` builds one from a ``.npz`` file, a dict of arrays or a Minari id.
 * :func:`load_minari` / :func:`save_minari` convert from and to Minari datasets (minari is
   only imported when they are called).
+* :func:`collect_dataset` records a policy's rollouts (an SB3 teacher, a function or
+  :func:`random_policy`) as a dataset.
 * :class:`Normalizer` is the per-feature affine scaling that travels inside checkpoints.
 * :mod:`flowrl.data.toy` has 2-D Gaussian mixtures for demos and tests.
 """
 
+from flowrl.data.collect import CollectedData, collect_dataset, random_policy
 from flowrl.data.datasets import KEYS, OfflineDataset, load_dataset
 from flowrl.data.minari_io import load_minari, save_minari
 from flowrl.data.normalizers import Normalizer
@@ -21,14 +24,17 @@ from flowrl.data.toy import (
 
 __all__ = [
     "KEYS",
+    "CollectedData",
     "MIXTURE_STD",
     "Normalizer",
     "OfflineDataset",
     "assign_modes",
+    "collect_dataset",
     "load_dataset",
     "load_minari",
     "mixture_centers",
     "mixture_dataset",
+    "random_policy",
     "sample_mixture",
     "save_minari",
 ]

@@ -1,4 +1,5 @@
-# Two commands: `make demo` (install + main job) and `make test` (install + tests).
+# Two commands: `make demo` (install + main job: Hopper-v5 BC -> ReinFlow -> evaluation) and
+# `make test` (install + tests). `make demo-2d` is the 2-D behaviour-cloning demo.
 # Both create a local virtual environment in .venv on first use.
 #
 # torch is installed before everything else: with no torch present, pip would resolve the
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo demo-2d test lint install clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python experiments/train.py experiment=main
+
+demo-2d: $(STAMP)
 	$(BIN)/python experiments/demo.py
 
 # pytest exits with 5 when it collects no test; that is not a failure of the suite.

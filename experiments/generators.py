@@ -152,6 +152,7 @@ class Evaluator:
             self.classifier, self.classifier_accuracy = train_digit_classifier(cfg.data.image_size)
             order = torch.randperm(len(data), generator=gen)
             half = len(data) // 2
+            self.reference_pixels = data[order[:half]][:n].flatten(1)
             with torch.no_grad():
                 self.reference = self.classifier.features(data[order[:half]][:n])
             floor_images = data[order[half:]][:n]
@@ -184,6 +185,14 @@ class Evaluator:
             return {
                 "frechet_distance": frechet_distance(features, self.reference),
                 "class_accuracy": float((predicted == labels).float().mean()),
+                # In pixel space (64 or 256 dims), against held-out real digits.
+                "sliced_wasserstein": float(
+                    sliced_wasserstein(
+                        clipped.flatten(1),
+                        self.reference_pixels,
+                        generator=torch.Generator().manual_seed(0),
+                    )
+                ),
             }
         bright = (samples > 0).float().sum(dim=(1, 3, 4))  # (N, T) pixels per frame
         return {

@@ -1,0 +1,187 @@
+"""Offline stages of the experiment pipeline: make a dataset, then behaviour-clone a flow.
+
+Used by ``experiments/train.py`` (``stages=[dataset,bc,finetune]``). Each stage writes into
+its own folder with a ``stage.json`` of the settings it ran with; a folder that already holds
+the stage's output for the same settings is reused (so an interrupted pipeline continues
+where it stopped, and fine-tuning seeds share one dataset and one BC actor), and one made
+with other settings is refused rather than silently reused.
+
+* **dataset**: train an SB3 teacher (PPO or SAC) on the env, roll it out at a quality level
+  (``random``: uniform actions; ``medium`` / ``expert``: the teacher after
+  ``teacher_timesteps`` steps, a short or a long training) and save the transitions as a
+  D4RL-style ``.npz`` and, optionally, as a local Minari dataset.
+* **bc**: behaviour-clone a :class:`~flowrl.policies.FlowActor` on that dataset and save its
+  EMA weights (``bc.pt``), the checkpoint ReinFlow fine-tunes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from flowrl.algos.bc import BCConfig, FlowBC
+from flowrl.data import OfflineDataset, collect_dataset, random_policy, save_minari
+
+QUALITIES = ("random", "medium", "expert")
+
+
+@dataclass
+class DatasetStageConfig:
+    """How the offline dataset is made (``dataset`` stage)."""
+
+    path: str | None = None  # an existing .npz to use as is (skips the stage), e.g. a shipped one
+    quality: str = "medium"  # random | medium | expert
+    teacher: str = "ppo"  # ppo | sac (SB3 defaults otherwise)
+    teacher_timesteps: int = 300_000  # teacher training budget for medium / expert
+    teacher_n_envs: int = 4
+    transitions: int = 50_000  # rows to record
+    deterministic: bool = False  # stochastic teacher rollouts, as D4RL's datasets
+    minari_id: str | None = None  # also save as this local Minari dataset id
+    seed: int = 0
+
+
+@dataclass
+class BCStageConfig:
+    """Behaviour cloning of the flow actor (``bc`` stage)."""
+
+    actor: dict[str, Any] = field(
+        default_factory=lambda: {"width": 256, "depth": 2, "num_steps": 4}
+    )  # FlowActorConfig fields
+    train: BCConfig = field(default_factory=lambda: BCConfig(steps=5000, batch_size=256))
+
+
+def _claim_stage(out: Path, settings: dict[str, Any]) -> None:
+    """Record the settings a stage folder is made with; refuse a folder made with others.
+
+    Raises:
+        ValueError: ``out/stage.json`` holds different settings (naming the changed keys).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "stage.json"
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(
+                f"{out} was made with other settings (differs in: {', '.join(changed)}); "
+                "point pretrain_dir elsewhere or delete the folder"
+            )
+        return
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _check_quality(quality: str) -> None:
+    if quality not in QUALITIES:
+        raise ValueError(f"dataset.quality must be one of {QUALITIES}, got {quality!r}")
+
+
+def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: Path):
+    """The SB3 teacher of a medium/expert dataset, trained once and cached as teacher.zip."""
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.env_util import make_vec_env
+
+    algos: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+    if cfg.teacher not in algos:
+        raise ValueError(f"dataset.teacher must be one of {sorted(algos)}, got {cfg.teacher!r}")
+    path = out / "teacher.zip"
+    if path.exists():
+        return algos[cfg.teacher].load(path, device="cpu")
+    n_envs = cfg.teacher_n_envs if cfg.teacher == "ppo" else 1
+    venv = make_vec_env(env_id, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
+    teacher = algos[cfg.teacher]("MlpPolicy", venv, seed=cfg.seed, device="cpu")
+    teacher.learn(cfg.teacher_timesteps)
+    teacher.save(path)
+    return teacher
+
+
+def make_dataset(
+    cfg: DatasetStageConfig, env_id: str, out: Path, env_kwargs: dict | None = None
+) -> Path:
+    """Make (or find) the offline dataset; return the path of its ``.npz``.
+
+    Args:
+        cfg: Dataset settings; with ``cfg.path`` set, that file is used and nothing is made.
+        env_id: Gymnasium id of the env, e.g. ``"Hopper-v5"``.
+        out: Folder of this stage (``teacher.zip``, ``dataset.npz``, ``dataset.json``).
+        env_kwargs: Extra ``gym.make`` arguments.
+
+    Returns:
+        The dataset file.
+    """
+    if cfg.path is not None:
+        path = Path(cfg.path)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset.path {path} does not exist")
+        return path
+    _check_quality(cfg.quality)
+    env_kwargs = dict(env_kwargs or {})
+    _claim_stage(out, {"env": env_id, "env_kwargs": env_kwargs, **asdict(cfg)})
+    path = out / "dataset.npz"
+    if path.exists():
+        return path
+    start = time.time()
+    env = gym.make(env_id, **env_kwargs)
+    if cfg.quality == "random":
+        policy: Any = random_policy(env.action_space, seed=cfg.seed)
+    else:
+        policy = _train_teacher(cfg, env_id, env_kwargs, out)
+    collected = collect_dataset(
+        env, policy, cfg.transitions, deterministic=cfg.deterministic, seed=cfg.seed + 1
+    )
+    collected.dataset.save_npz(path)
+    if cfg.minari_id:
+        save_minari(collected.dataset, cfg.minari_id, env=env_id, algorithm_name=cfg.teacher)
+    summary = {"env": env_id, **asdict(cfg), **collected.summary()}
+    summary["seconds"] = round(time.time() - start, 1)
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"dataset: {len(collected.dataset)} transitions of {env_id} ({cfg.quality}), "
+        f"episode return {summary['return_mean']:.0f} ± {summary['return_std']:.0f} "
+        f"over {summary['episodes']} episodes -> {path}"
+    )
+    return path
+
+
+def behaviour_clone(
+    cfg: BCStageConfig, dataset_path: Path, env_id: str, out: Path, progress_bar: bool = True
+) -> Path:
+    """Behaviour-clone a flow actor on the dataset; return the path of ``bc.pt``.
+
+    The EMA actor is saved with its normalizers (``FlowActor.load`` restores it); TensorBoard
+    logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt``.
+    """
+    _claim_stage(out, {"env": env_id, "dataset": str(dataset_path), **asdict(cfg)})
+    path = out / "bc.pt"
+    if path.exists():
+        return path
+    data = OfflineDataset.load_npz(dataset_path)
+    start = time.time()
+    bc = FlowBC.from_dataset(
+        data, env=gym.make(env_id), actor_config=dict(cfg.actor), config=cfg.train
+    )
+    bc.learn(
+        tensorboard_log=out / "tb", checkpoint_path=out / "trainer.ckpt", progress_bar=progress_bar
+    )
+    bc.actor_ema.save(path)
+    info = {"dataset": str(dataset_path), "seconds": round(time.time() - start, 1)}
+    (out / "bc.json").write_text(json.dumps(info, indent=2))
+    print(f"bc: {cfg.train.steps} steps in {info['seconds']} s -> {path}")
+    return path
+
+
+def dataset_returns(path: Path) -> np.ndarray:
+    """Returns of the complete episodes in a dataset file (for the results table)."""
+    data = OfflineDataset.load_npz(path)
+    if data.rewards is None or data.terminals is None or data.timeouts is None:
+        raise ValueError(f"{path} has no rewards/terminals/timeouts: cannot split episodes")
+    ends = np.flatnonzero(data.terminals | data.timeouts)
+    sums = np.add.reduceat(data.rewards, np.concatenate([[0], ends[:-1] + 1]))
+    return sums.astype(np.float64)

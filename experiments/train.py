@@ -1,0 +1,652 @@
+"""Train one RL algorithm on one environment: the Hydra entry point of ``configs/train.yaml``.
+
+    python experiments/train.py algo=reinflow env=pendulum
+    python experiments/train.py algo=ppo env=hopper total_timesteps=1000000
+    python experiments/train.py algo=reinflow env=hopper pretrained=<bc.pt>
+    python experiments/train.py experiment=pendulum_quick
+    python experiments/train.py algo=ppo,reinflow env=pendulum seed=0,1 -m     # a sweep
+
+Config groups (``configs/<group>/<option>.yaml``, each checked against a dataclass below, so
+a typo fails with the list of valid keys or options): ``algo`` (the learner and its
+hyperparameters), ``policy`` (the policy network; every algo yaml picks its natural one),
+``env`` (the gymnasium task), ``experiment`` (optional bundles that set several groups and
+fields at once). Every run writes to ``output_dir``:
+
+* ``model.zip`` (SB3 checkpoint; ``vecnormalize.pkl`` too when rewards are normalized);
+* ``curve.csv`` and ``curve.png``: returns of the deterministic and the stochastic policy
+  on a separate eval env against env steps;
+* ``results.json``: the resolved config, final returns, wall time, steps per second and the
+  curve. A run whose ``results.json`` holds the same config is skipped, so re-running a
+  sweep only does the missing runs;
+* ``tb/``: TensorBoard logs; ``.hydra/`` and the log of Hydra's run.
+
+Other scripts (e.g. a dataset → BC → fine-tuning → evaluation pipeline) import this file and
+call :func:`compose_config`, :func:`make_vec_env_from_config`, :func:`build_model` and
+:func:`train`. Adding a learner takes a schema dataclass here (decorated with
+``@register_schema("algo", name)``) and a yaml in ``configs/algo/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import matplotlib
+import numpy as np
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import MISSING, DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+from flowrl.callbacks import LearningCurveCallback
+
+from pretrain import (
+    BCStageConfig,
+    DatasetStageConfig,
+    behaviour_clone,
+    dataset_returns,
+    make_dataset,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the training envs
+# Fields that change neither what is trained nor how: a finished run with other values of
+# these is still the same run.
+RESUME_IGNORED = ("output_dir", "progress_bar", "verbose")
+STAGES = ("dataset", "bc", "finetune")
+
+
+def register_schema(group: str, name: str) -> Any:
+    """Register a dataclass as the schema ``name`` of a group's yaml files.
+
+    The yaml ``configs/<group>/<option>.yaml`` starts with ``defaults: [/schema/<group>@_here_:
+    <name>, _self_]``, so its keys are checked against the dataclass. Schemas live in their
+    own ``schema/`` groups so they do not show up among the options of ``algo=``, ``env=``….
+    """
+
+    def register(cls: type) -> type:
+        ConfigStore.instance().store(group=f"schema/{group}", name=name, node=cls)
+        return cls
+
+    return register
+
+
+# ---------------------------------------------------------------------- algorithms
+
+
+@dataclass
+class AlgoConfig:
+    """Base of every learner's config: what to build and which policy kinds it accepts.
+
+    Every field of a subclass that is not a field of this base is passed to the
+    algorithm's constructor, as is ``gamma``.
+    """
+
+    _target_: str = MISSING  # the algorithm class, e.g. flowrl.algos.ReinFlow
+    name: str = MISSING  # short name: output paths, TensorBoard run name
+    policies: list[str] = field(default_factory=list)  # policy kinds it accepts (policy.kind)
+    gamma: float = 0.99  # discount; also the discount of the reward normalizer
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor arguments of the algorithm (everything but the base's bookkeeping)."""
+        bookkeeping = {f.name for f in fields(AlgoConfig)} - {"gamma"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in bookkeeping}
+
+
+@dataclass
+class OnPolicyConfig(AlgoConfig):
+    """PPO's hyperparameters, shared by the on-policy learners (PPO, ReinFlow, …)."""
+
+    learning_rate: float = 3e-4  # Adam learning rate (for ReinFlow: the actor's)
+    n_steps: int = 2048  # steps per env per rollout
+    batch_size: int = 64  # minibatch size
+    n_epochs: int = 10  # passes over each rollout
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # PPO ratio clip
+    clip_range_vf: float | None = None  # value clip (null: off)
+    normalize_advantage: bool = True  # standardise advantages per minibatch
+    ent_coef: float = 0.0  # entropy bonus (for ReinFlow: of the chain's Gaussian steps)
+    vf_coef: float = 0.5  # value-loss weight
+    max_grad_norm: float = 0.5  # gradient clip (ReinFlow: actor and critic separately)
+    target_kl: float | None = None  # stop an update's epochs at KL > 1.5 target_kl
+
+
+@register_schema("algo", "reinflow")
+@dataclass
+class ReinFlowConfig(OnPolicyConfig):
+    """ReinFlow (``flowrl.algos.ReinFlow``): PPO on the exact likelihood of a noisy flow chain."""
+
+    _target_: str = "flowrl.algos.ReinFlow"
+    name: str = "reinflow"
+    policies: list[str] = field(default_factory=lambda: ["flow"])
+    critic_learning_rate: float = 1e-3  # value net
+    bc_coef: float = 0.0  # W2 regularizer towards the starting flow (0: off)
+    critic_warmup_updates: int = 0  # first updates train the value net only
+    sigma_max_final: float | None = None  # sigma_max at the end (null: constant)
+    sigma_hold_fraction: float = 0.5  # share of training sigma_max is held before decaying
+    log_prob_reduction: str = "sum"  # "sum": exact chain likelihood; "mean": divided by K Da
+    log_ratio_clip: float | None = None  # clamp of the log-ratio (null: off)
+    ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
+    sampler_check_tol: float = 1e-3  # max |log p| gap between sampler and likelihood
+
+
+@register_schema("algo", "ppo")
+@dataclass
+class PPOConfig(OnPolicyConfig):
+    """Stable-Baselines3 PPO with a Gaussian policy (the on-policy baseline)."""
+
+    _target_: str = "stable_baselines3.PPO"
+    name: str = "ppo"
+    policies: list[str] = field(default_factory=lambda: ["gaussian"])
+    use_sde: bool = False  # generalized state-dependent exploration
+    sde_sample_freq: int = -1  # gSDE noise resampling period (-1: per rollout)
+
+
+@register_schema("algo", "sac")
+@dataclass
+class SACConfig(AlgoConfig):
+    """Stable-Baselines3 SAC with a squashed Gaussian policy (the off-policy baseline)."""
+
+    _target_: str = "stable_baselines3.SAC"
+    name: str = "sac"
+    policies: list[str] = field(default_factory=lambda: ["gaussian"])
+    learning_rate: float = 3e-4  # Adam learning rate (actor, critics, temperature)
+    buffer_size: int = 1_000_000  # replay buffer transitions
+    learning_starts: int = 100  # random-action steps before learning
+    batch_size: int = 256  # minibatch size
+    tau: float = 0.005  # target-network soft update
+    train_freq: int = 1  # env steps between updates
+    gradient_steps: int = 1  # gradient steps per update (-1: as many as env steps)
+    ent_coef: str = "auto"  # temperature: "auto", "auto_<init>" or a number
+    target_update_interval: int = 1  # gradient steps between target updates
+    target_entropy: str = "auto"  # "auto" (-Da) or a number
+    use_sde: bool = False  # generalized state-dependent exploration
+
+
+# ---------------------------------------------------------------------- policies
+
+
+@dataclass
+class PolicyConfig:
+    """Base of every policy's config: its kind and the SB3 policy it names."""
+
+    kind: str = MISSING  # matched against the algo's `policies`
+    policy: str = MISSING  # SB3 policy alias handed to the algorithm
+
+    def policy_kwargs(self, pretrained: str | None = None) -> dict[str, Any]:
+        """The algorithm's ``policy_kwargs`` (``pretrained``: a FlowActor checkpoint)."""
+        raise NotImplementedError
+
+
+@dataclass
+class FlowActorFields:
+    """Velocity network of a fresh :class:`~flowrl.policies.FlowActor` (unused with pretrained)."""
+
+    width: int = 256  # hidden width
+    depth: int = 3  # residual blocks
+    time_dim: int = 32  # time-embedding width
+    act: str = "mish"  # activation
+
+
+@register_schema("policy", "flow")
+@dataclass
+class FlowPolicyConfig(PolicyConfig):
+    """ReinFlow's noise-injected flow policy (``flowrl.policies.FlowPolicy``)."""
+
+    kind: str = "flow"
+    policy: str = "FlowPolicy"
+    num_steps: int | None = None  # K; null: the actor's (a checkpoint's, else 8)
+    sigma_min: float = 0.10  # lower bound of the learned noise std (normalized actions)
+    sigma_max: float = 0.24  # its upper bound at the start of training
+    initial_std: float = 0.0  # std of the chain start a0 (0: the deterministic ODE's start)
+    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])  # noise-net widths
+    value_hidden: list[int] = field(default_factory=lambda: [256, 256])  # value-net widths
+    actor: FlowActorFields = field(default_factory=FlowActorFields)  # fresh actor only
+
+    def policy_kwargs(self, pretrained: str | None = None) -> dict[str, Any]:
+        """FlowPolicy arguments: the pretrained checkpoint, else a fresh actor's fields."""
+        kwargs: dict[str, Any] = {
+            "num_steps": self.num_steps,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "initial_std": self.initial_std,
+            "noise_hidden": tuple(self.noise_hidden),
+            "value_hidden": tuple(self.value_hidden),
+        }
+        if pretrained is not None:
+            kwargs["pretrained"] = pretrained
+        else:
+            kwargs["actor_config"] = asdict(self.actor)
+        return kwargs
+
+
+@register_schema("policy", "gaussian")
+@dataclass
+class GaussianPolicyConfig(PolicyConfig):
+    """SB3's ``MlpPolicy`` (diagonal Gaussian for PPO, squashed Gaussian for SAC)."""
+
+    kind: str = "gaussian"
+    policy: str = "MlpPolicy"
+    net_arch: list[int] | None = None  # hidden widths; null: the algorithm's SB3 default
+    log_std_init: float | None = None  # initial log std; null: the algorithm's default
+    activation_fn: str | None = None  # torch.nn class name, e.g. Tanh, ReLU; null: default
+
+    def policy_kwargs(self, pretrained: str | None = None) -> dict[str, Any]:
+        """MlpPolicy arguments; only the fields that are set."""
+        if pretrained is not None:
+            raise ValueError(
+                f"pretrained={pretrained!r} is a FlowActor checkpoint, which only flow "
+                "policies load: use algo=reinflow (policy=flow) or drop pretrained"
+            )
+        kwargs: dict[str, Any] = {}
+        if self.net_arch is not None:
+            kwargs["net_arch"] = list(self.net_arch)
+        if self.log_std_init is not None:
+            kwargs["log_std_init"] = self.log_std_init
+        if self.activation_fn is not None:
+            activation = getattr(torch.nn, self.activation_fn, None)
+            if not (isinstance(activation, type) and issubclass(activation, torch.nn.Module)):
+                raise ValueError(
+                    f"policy.activation_fn={self.activation_fn!r} is not a torch.nn module "
+                    "class; use e.g. Tanh, ReLU, ELU"
+                )
+            kwargs["activation_fn"] = activation
+        return kwargs
+
+
+# ---------------------------------------------------------------------- envs and the run
+
+
+@register_schema("env", "gymnasium")
+@dataclass
+class EnvConfig:
+    """A gymnasium task, vectorized with SB3's ``make_vec_env`` (each env in a ``Monitor``)."""
+
+    name: str = MISSING  # short name: output paths
+    id: str = MISSING  # gymnasium id; "module:Id" imports the module first (registration)
+    max_episode_steps: int | None = None  # time limit; null: the env's registered default
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    norm_reward: bool = False  # VecNormalize the rewards (observations: inside flow policies)
+    vec_env: str = "dummy"  # "dummy" (one process) or "subproc" (one process per env)
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on a separate env (:class:`flowrl.callbacks.LearningCurveCallback`)."""
+
+    episodes: int = 5  # episodes per evaluation and mode
+    freq: int = 10_000  # env steps of training between evaluations
+    deterministic: bool = True  # evaluate predict(deterministic=True)
+    stochastic: bool = True  # evaluate predict(deterministic=False)
+    at_start: bool = True  # also evaluate before training (e.g. the BC start)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run reads (Hydra validates overrides against these fields)."""
+
+    algo: AlgoConfig = MISSING  # group algo/
+    policy: PolicyConfig = MISSING  # group policy/ (each algo yaml sets its default)
+    env: EnvConfig = MISSING  # group env/
+    seed: int = 0  # seed of the algorithm, its envs (seed, seed+1, …) and the eval env
+    total_timesteps: int = 100_000  # env steps of training (all envs together)
+    n_envs: int = 1  # parallel training envs
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the learning curve
+    threads: int = 1  # torch.set_num_threads
+    pretrained: str | None = None  # FlowActor checkpoint (BC) to start a flow policy from
+    progress_bar: bool = True  # SB3's progress bar
+    verbose: int = 0  # SB3 verbosity (1: a table per rollout; eval lines)
+    device: str = "cpu"  # torch device
+    # Where the run writes (model, curve, results, TensorBoard). A sweep over other keys than
+    # algo, env and seed must name them here, e.g. 'outputs/lr${algo.learning_rate}/seed${seed}'.
+    output_dir: str = "outputs/train/${algo.name}/${env.name}/seed${seed}"
+    # The pipeline: any of dataset (teacher rollouts -> .npz), bc (behaviour cloning ->
+    # bc.pt, which then is `pretrained`), finetune (the RL run), in this order.
+    stages: list[str] = field(default_factory=lambda: ["finetune"])
+    dataset: DatasetStageConfig = field(default_factory=DatasetStageConfig)  # stage dataset
+    bc: BCStageConfig = field(default_factory=BCStageConfig)  # stage bc
+    # Folder of the dataset and bc stages, shared by fine-tuning seeds (its stage.json
+    # guards against reuse with other settings).
+    pretrain_dir: str = "outputs/pretrain/${env.name}/${dataset.quality}_seed${dataset.seed}"
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+# ---------------------------------------------------------------------- config helpers
+
+
+def compose_config(*overrides: str) -> TrainConfig:
+    """Compose ``configs/train.yaml`` with command-line style overrides, validated.
+
+    Example: ``compose_config("algo=reinflow", "env=hopper", "pretrained=bc.pt")``. Inside a
+    running Hydra app, the app's config search path is used (it must contain train.yaml).
+
+    Returns:
+        The config as :class:`TrainConfig` (interpolations resolved).
+    """
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra.compose(config_name="train", overrides=list(overrides))
+    else:
+        with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra.compose(config_name="train", overrides=list(overrides))
+    return as_train_config(cfg)
+
+
+def as_train_config(cfg: TrainConfig | DictConfig) -> TrainConfig:
+    """A composed ``DictConfig`` or a hand-built :class:`TrainConfig`, validated and resolved."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON-ready dicts and lists (what ``results.json`` stores)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def check_compatible(cfg: TrainConfig) -> None:
+    """Raise unless the stages are known and the algo accepts the policy kind.
+
+    Raises:
+        ValueError: Naming the valid stages or the policies the algo accepts.
+    """
+    unknown = [stage for stage in cfg.stages if stage not in STAGES]
+    order = [stage for stage in STAGES if stage in cfg.stages]
+    if unknown or not cfg.stages or list(cfg.stages) != order:
+        raise ValueError(
+            f"stages={list(cfg.stages)}: choose a non-empty subset of {list(STAGES)}, in that order"
+        )
+    if "bc" in cfg.stages and cfg.pretrained is not None:
+        raise ValueError(
+            "stages includes bc, which makes the pretrained actor: drop pretrained=, or drop "
+            "bc from stages to fine-tune a given checkpoint"
+        )
+    if cfg.policy.kind not in cfg.algo.policies:
+        choices = " or ".join(f"policy={kind}" for kind in cfg.algo.policies)
+        raise ValueError(
+            f"algo={cfg.algo.name} takes {choices}, got policy={cfg.policy.kind}: drop the "
+            f"policy override (algo={cfg.algo.name} picks its own) or choose {choices}"
+        )
+
+
+# ---------------------------------------------------------------------- building blocks
+
+
+def make_vec_env_from_config(
+    env_cfg: EnvConfig,
+    n_envs: int = 1,
+    seed: int = 0,
+    gamma: float = 0.99,
+    norm_reward: bool | None = None,
+) -> VecEnv:
+    """Vectorized envs of the config, each wrapped in ``Monitor``.
+
+    Args:
+        env_cfg: The env config.
+        n_envs: Number of envs (seeds ``seed``, ``seed + 1``, …).
+        seed: Seed of the first env.
+        gamma: Discount of the reward normalizer (the algorithm's gamma).
+        norm_reward: Wrap in ``VecNormalize(norm_obs=False, norm_reward=True)``; None: as
+            ``env_cfg.norm_reward`` says (pass False for eval envs).
+
+    Returns:
+        The VecEnv.
+    """
+    classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+    if env_cfg.vec_env not in classes:
+        raise ValueError(f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted(classes)}")
+    kwargs = dict(env_cfg.kwargs)
+    if env_cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = env_cfg.max_episode_steps
+    venv = make_vec_env(
+        env_cfg.id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=kwargs,
+        vec_env_cls=classes[env_cfg.vec_env],
+    )
+    if env_cfg.norm_reward if norm_reward is None else norm_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=gamma)
+    return venv
+
+
+def build_model(cfg: TrainConfig | DictConfig, venv: VecEnv) -> BaseAlgorithm:
+    """Instantiate the configured algorithm and policy on ``venv`` (no training).
+
+    TensorBoard logs go to ``<output_dir>/tb``. With ``cfg.pretrained`` set, a flow policy
+    starts from that BC checkpoint (``policy_kwargs["pretrained"]``).
+
+    Raises:
+        ValueError: If the algo does not take the policy kind, or ``pretrained`` is set for
+            a policy that cannot load it.
+        FileNotFoundError: If ``pretrained`` does not exist.
+    """
+    cfg = as_train_config(cfg)
+    check_compatible(cfg)
+    if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
+        raise FileNotFoundError(
+            f"pretrained={cfg.pretrained!r}: no such checkpoint (a FlowActor saved by BC, "
+            "e.g. FlowBC.actor_ema.save(path)); paths are relative to the working directory"
+        )
+    make = hydra.utils.instantiate(
+        {"_target_": cfg.algo._target_, **cfg.algo.hyperparameters()},
+        _partial_=True,
+        _convert_="all",
+    )
+    return make(
+        policy=cfg.policy.policy,
+        env=venv,
+        policy_kwargs=cfg.policy.policy_kwargs(cfg.pretrained),
+        tensorboard_log=str(Path(cfg.output_dir) / "tb"),
+        seed=cfg.seed,
+        device=cfg.device,
+        verbose=cfg.verbose,
+    )
+
+
+def save_curve_plot(
+    curve: list[dict[str, float]], path: str | os.PathLike[str], title: str
+) -> None:
+    """Plot returns against env steps: deterministic mean ± std, stochastic mean."""
+    steps = [row["timesteps"] for row in curve]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if "return_deterministic_mean" in curve[0]:
+        mean = np.array([row["return_deterministic_mean"] for row in curve])
+        std = np.array([row["return_deterministic_std"] for row in curve])
+        ax.plot(steps, mean, marker="o", label="deterministic (mean ± std)")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if "return_stochastic_mean" in curve[0]:
+        mean = np.array([row["return_stochastic_mean"] for row in curve])
+        ax.plot(steps, mean, marker=".", linestyle="--", label="stochastic (mean)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The results of a finished run of this config in ``out``; None if there is none.
+
+    Raises:
+        ValueError: If ``out`` holds the results of a different config.
+    """
+    path = out / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
+    changed = _differences(relevant(results.get("config", {})), relevant(config))
+    if changed:
+        raise ValueError(
+            f"{path} holds a finished run of another config (differs in: {', '.join(changed)}); "
+            "choose another output_dir (e.g. one that names the changed keys) or delete it"
+        )
+    return results
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
+    """Train, evaluate periodically, save the model, curve and results (skip if done).
+
+    Returns:
+        The results (as written to ``<output_dir>/results.json``).
+    """
+    cfg = as_train_config(cfg)
+    config = config_dict(cfg)
+    out = Path(cfg.output_dir)
+    finished = _finished_run(out, config)
+    if finished is not None:
+        print(f"{out}: finished run of this config found, skipping", flush=True)
+        return finished
+    check_compatible(cfg)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": config}
+    pretrained = _pretrain(cfg, results)
+    if "finetune" not in cfg.stages:
+        _write_results(out, results)
+        return results
+    # From here on a plain fine-tuning run of the checkpoint the stages made (or were given).
+    cfg = replace(cfg, pretrained=pretrained, stages=["finetune"])
+
+    venv = make_vec_env_from_config(cfg.env, cfg.n_envs, cfg.seed, cfg.algo.gamma)
+    eval_env = make_vec_env_from_config(
+        cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False
+    )
+    model = build_model(cfg, venv)
+    curve = LearningCurveCallback(
+        eval_env,
+        eval_freq=cfg.eval.freq,
+        n_eval_episodes=cfg.eval.episodes,
+        deterministic=cfg.eval.deterministic,
+        stochastic=cfg.eval.stochastic,
+        evaluate_at_start=cfg.eval.at_start,
+        verbose=cfg.verbose,
+    )
+    start = time.perf_counter()
+    model.learn(
+        cfg.total_timesteps,
+        callback=curve,
+        tb_log_name=cfg.algo.name,
+        progress_bar=cfg.progress_bar,
+    )
+    wall = time.perf_counter() - start
+
+    model.save(out / "model.zip")
+    if isinstance(venv, VecNormalize):
+        venv.save(str(out / "vecnormalize.pkl"))
+    curve.save_csv(out / "curve.csv")
+    title = f"{cfg.algo.name} on {cfg.env.id}, seed {cfg.seed}"
+    save_curve_plot(curve.curve, out / "curve.png", title)
+    train_seconds = max(wall - curve.eval_seconds, 1e-9)
+    results.update(
+        timesteps=int(model.num_timesteps),
+        start=curve.curve[0] if cfg.eval.at_start else None,
+        final=curve.last,
+        wall_time_s=wall,
+        eval_time_s=curve.eval_seconds,
+        steps_per_second=model.num_timesteps / train_seconds,  # training only
+        curve=curve.curve,
+    )
+    _write_results(out, results)
+    venv.close()
+    eval_env.close()
+    print(f"{out}: {model.num_timesteps} steps in {wall:.0f} s", flush=True)
+    print(_summary(cfg, results), flush=True)
+    return results
+
+
+def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
+    """Run the dataset and bc stages that are asked for; the checkpoint to fine-tune."""
+    if "dataset" not in cfg.stages and "bc" not in cfg.stages:
+        return cfg.pretrained
+    root = Path(cfg.pretrain_dir)
+    made = root / "dataset" / "dataset.npz"
+    if "dataset" not in cfg.stages and cfg.dataset.path is None and not made.exists():
+        raise ValueError(
+            f"stage bc needs a dataset: add the dataset stage, set dataset.path, or make "
+            f"{made} first"
+        )
+    env_kwargs = dict(cfg.env.kwargs)
+    if cfg.env.max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = cfg.env.max_episode_steps
+    dataset_path = make_dataset(cfg.dataset, cfg.env.id, root / "dataset", env_kwargs)
+    returns = dataset_returns(dataset_path)
+    results["dataset"] = {
+        "path": str(dataset_path),
+        "episodes": int(returns.size),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+    }
+    if "bc" not in cfg.stages:
+        return cfg.pretrained
+    path = behaviour_clone(cfg.bc, dataset_path, cfg.env.id, root / "bc", cfg.progress_bar)
+    results["bc"] = {"path": str(path), "steps": cfg.bc.train.steps}
+    return str(path)
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json last and atomically: its presence marks a finished run."""
+    (out / "results.json.tmp").write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(out / "results.json.tmp", out / "results.json")
+
+
+def _summary(cfg: TrainConfig, results: dict[str, Any]) -> str:
+    """Before -> after returns in one line per policy mode (what the main job prints)."""
+    lines = []
+    if "dataset" in results:
+        data = results["dataset"]
+        lines.append(
+            f"dataset: return {data['return_mean']:.0f} ± {data['return_std']:.0f} "
+            f"over {data['episodes']} episodes"
+        )
+    start, final = results.get("start"), results["final"]
+    for mode in ("deterministic", "stochastic"):
+        key = f"return_{mode}_mean"
+        if key not in final:
+            continue
+        after = f"{final[key]:.0f} ± {final[f'return_{mode}_std']:.0f}"
+        if start is not None:
+            before = f"{start[key]:.0f} ± {start[f'return_{mode}_std']:.0f}"
+            lines.append(
+                f"{mode}: start {before} -> {cfg.algo.name} {after} "
+                f"after {results['timesteps']} env steps ({final[key] - start[key]:+.0f})"
+            )
+        else:
+            lines.append(f"{mode}: {cfg.algo.name} {after} after {results['timesteps']} env steps")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra entry point: validate the config and train."""
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Stable-Baselines3 callbacks: a learning curve from periodic evaluations.
+
+    curve = LearningCurveCallback(make_vec_env("Hopper-v5", seed=1000), eval_freq=10_000)
+    model.learn(1_000_000, callback=curve)
+    curve.save_csv("curve.csv")   # timesteps, returns of the deterministic and stochastic policy
+
+Works with any SB3 algorithm (ReinFlow, PPO, SAC, …): evaluation goes through
+``model.predict``, so a flow policy is scored both on its deterministic ODE and on its
+noisy chain.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
+from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
+
+__all__ = ["LearningCurveCallback"]
+
+
+class LearningCurveCallback(BaseCallback):
+    """Evaluate on a separate env every ``eval_freq`` env steps and record a learning curve.
+
+    Each evaluation appends one row to :attr:`curve` and writes the same numbers to SB3's
+    logger (TensorBoard, stdout, …) under ``eval/``:
+
+    * ``timesteps``: env steps of training so far (all training envs together);
+    * ``time_s``: seconds since training started (evaluations included);
+    * ``return_deterministic_mean`` / ``_std``, ``length_deterministic_mean``: episodes of
+      ``predict(deterministic=True)``;
+    * ``return_stochastic_mean`` / ``_std``, ``length_stochastic_mean``: episodes of
+      ``predict(deterministic=False)``.
+
+    Returns are the env's own rewards as recorded by a ``Monitor`` wrapper inside the eval
+    env (so reward normalization of the training env does not change them).
+
+    Args:
+        eval_env: The evaluation env (a gymnasium env is wrapped in a ``DummyVecEnv``).
+            Wrap it in ``Monitor`` (SB3's ``make_vec_env`` does) so returns are exact.
+        eval_freq: Env steps of training between evaluations (counted over all training
+            envs, like ``total_timesteps``).
+        n_eval_episodes: Episodes per evaluation and per mode.
+        deterministic: Evaluate the deterministic policy.
+        stochastic: Evaluate the stochastic policy.
+        evaluate_at_start: Also evaluate before the first training step (the row at the
+            starting timestep: e.g. a BC-pretrained policy before fine-tuning).
+        verbose: 0 silent, 1 one line per evaluation.
+
+    Raises:
+        ValueError: For ``eval_freq`` or ``n_eval_episodes`` below 1, or when neither mode
+            is asked for.
+    """
+
+    def __init__(
+        self,
+        eval_env: VecEnv | gym.Env,
+        eval_freq: int,
+        n_eval_episodes: int = 10,
+        deterministic: bool = True,
+        stochastic: bool = True,
+        evaluate_at_start: bool = True,
+        verbose: int = 0,
+    ):
+        super().__init__(verbose=verbose)
+        if eval_freq < 1:
+            raise ValueError(f"eval_freq must be >= 1 env step, got {eval_freq}")
+        if n_eval_episodes < 1:
+            raise ValueError(f"n_eval_episodes must be >= 1, got {n_eval_episodes}")
+        if not (deterministic or stochastic):
+            raise ValueError("nothing to evaluate: set deterministic=True and/or stochastic=True")
+        if not isinstance(eval_env, VecEnv):
+            eval_env = DummyVecEnv([lambda: eval_env])  # type: ignore[list-item, return-value]
+        self.eval_env: VecEnv = eval_env
+        self.eval_freq = int(eval_freq)
+        self.n_eval_episodes = int(n_eval_episodes)
+        self.modes = [
+            name
+            for name, wanted in (("deterministic", deterministic), ("stochastic", stochastic))
+            if wanted
+        ]
+        self.evaluate_at_start = evaluate_at_start
+        self.curve: list[dict[str, float]] = []
+        self.eval_seconds = 0.0
+        self._start = time.perf_counter()
+        self._next_eval = self.eval_freq
+        self._last_eval_step: int | None = None
+
+    # ------------------------------------------------------------------ SB3 hooks
+
+    def _init_callback(self) -> None:
+        train_norm = unwrap_vec_normalize(self.training_env)
+        normalizes_obs = train_norm is not None and train_norm.norm_obs
+        if normalizes_obs and unwrap_vec_normalize(self.eval_env) is None:
+            raise ValueError(
+                "the training env normalizes observations (VecNormalize with norm_obs=True) "
+                "but the eval env does not, so the policy would see raw observations: wrap "
+                "the eval env in VecNormalize(eval_env, training=False, norm_reward=False)"
+            )
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+        self._next_eval = (self.model.num_timesteps // self.eval_freq + 1) * self.eval_freq
+        if self.evaluate_at_start:
+            self.evaluate()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next_eval:
+            self.evaluate()
+            self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
+        return True
+
+    def _on_training_end(self) -> None:
+        # The curve always ends at the last step, even between two evaluation points.
+        if self._last_eval_step != self.model.num_timesteps:
+            self.evaluate()
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the model now, append the row to :attr:`curve` and log it.
+
+        Returns:
+            The row (see the class docstring for its keys).
+        """
+        start = time.perf_counter()
+        self._sync_normalization()
+        steps = int(self.model.num_timesteps)
+        row: dict[str, float] = {"timesteps": steps}
+        for mode in self.modes:
+            returns, lengths = evaluate_policy(
+                self.model,  # type: ignore[arg-type]
+                self.eval_env,
+                n_eval_episodes=self.n_eval_episodes,
+                deterministic=mode == "deterministic",
+                return_episode_rewards=True,
+            )
+            row[f"return_{mode}_mean"] = float(np.mean(returns))
+            row[f"return_{mode}_std"] = float(np.std(returns))
+            row[f"length_{mode}_mean"] = float(np.mean(lengths))
+        self.eval_seconds += time.perf_counter() - start
+        row["time_s"] = time.perf_counter() - self._start
+        self.curve.append(row)
+        self._last_eval_step = steps
+        for key, value in row.items():
+            if key not in ("timesteps", "time_s"):
+                self.logger.record(f"eval/{key}", value)
+        self.logger.record("time/total_timesteps", steps, exclude="tensorboard")
+        self.logger.dump(steps)
+        if self.verbose >= 1:
+            shown = ", ".join(
+                f"{mode} {row[f'return_{mode}_mean']:.2f} ± {row[f'return_{mode}_std']:.2f}"
+                for mode in self.modes
+            )
+            print(f"eval at {steps} steps: return {shown}")
+        return row
+
+    def _sync_normalization(self) -> None:
+        """Give the eval env the training env's observation statistics (if both normalize)."""
+        train_norm = unwrap_vec_normalize(self.training_env)
+        eval_norm: VecNormalize | None = unwrap_vec_normalize(self.eval_env)
+        if train_norm is not None and eval_norm is not None and train_norm.norm_obs:
+            eval_norm.obs_rms = copy.deepcopy(train_norm.obs_rms)
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The latest row of the curve.
+
+        Raises:
+            RuntimeError: If nothing was evaluated yet.
+        """
+        if not self.curve:
+            raise RuntimeError("no evaluation yet: train with this callback first")
+        return self.curve[-1]
+
+    def save_csv(self, path: str | os.PathLike[str]) -> None:
+        """Write the curve as CSV, one row per evaluation (header: the row's keys)."""
+        keys: list[str] = []
+        for row in self.curve:
+            keys += [k for k in row if k not in keys]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.curve)

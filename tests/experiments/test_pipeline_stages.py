@@ -1,0 +1,118 @@
+"""experiments/train.py stages: dataset -> bc -> finetune, shared pretraining, refusals."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from flowrl.algos import ReinFlow
+from flowrl.data import OfflineDataset, collect_dataset, random_policy
+from flowrl.policies import FlowActor
+
+import pretrain
+import train as TRAIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = [
+    "env=pendulum",
+    "env.max_episode_steps=50",
+    "total_timesteps=128",
+    "algo.n_steps=64",
+    "algo.batch_size=32",
+    "algo.n_epochs=1",
+    "policy.value_hidden=[16]",
+    "policy.noise_hidden=[8]",
+    "eval.freq=128",
+    "eval.episodes=1",
+    "progress_bar=false",
+    "dataset.transitions=300",
+    "bc.actor={width: 16, depth: 1, num_steps: 2}",
+    "bc.train.steps=20",
+    "bc.train.batch_size=32",
+]
+
+
+config = TRAIN.compose_config
+
+
+def test_pipeline_runs_every_stage_and_shares_pretraining(tmp_path, capsys):
+    pre = tmp_path / "pretrain"
+    stages = ["stages=[dataset,bc,finetune]", f"pretrain_dir={pre}"]
+    teacher = ["dataset.teacher_timesteps=64", "dataset.teacher_n_envs=1"]
+    results = TRAIN.train(config(*TINY, *stages, *teacher, f"output_dir={tmp_path}/s0"))
+    for name in ("teacher.zip", "dataset.npz", "dataset.json", "stage.json"):
+        assert (pre / "dataset" / name).is_file(), name
+    assert (pre / "bc" / "bc.pt").is_file() and (pre / "bc" / "stage.json").is_file()
+    data = OfflineDataset.load_npz(pre / "dataset" / "dataset.npz")
+    assert len(data) == 300 and data.timeouts.sum() == 6  # 50-step episodes
+    assert results["dataset"]["episodes"] == 6 and results["bc"]["steps"] == 20
+    assert results["config"]["pretrained"] is None  # the config as given; bc made it
+    model = ReinFlow.load(tmp_path / "s0" / "model.zip")
+    assert model.policy.num_steps == 2 and model.policy.actor.config.width == 16  # BC's actor
+    out = capsys.readouterr().out
+    assert "dataset: return" in out and "deterministic: start" in out
+
+    # Another fine-tuning seed reuses the dataset, the teacher and the BC actor.
+    stamps = {p: p.stat().st_mtime_ns for p in pre.rglob("*") if p.is_file()}
+    TRAIN.train(config(*TINY, *stages, *teacher, "seed=1", f"output_dir={tmp_path}/s1"))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (tmp_path / "s1" / "results.json").is_file()
+    # Other BC settings in the same pretrain_dir are refused, never silently reused.
+    with pytest.raises(ValueError, match="differs in: train"):
+        TRAIN.train(
+            config(*TINY, *stages, *teacher, "bc.train.steps=30", f"output_dir={tmp_path}/s2")
+        )
+
+
+def test_random_dataset_and_bc_only(tmp_path):
+    pre = tmp_path / "pretrain"
+    overrides = [*TINY, "stages=[dataset,bc]", "dataset.quality=random", f"pretrain_dir={pre}"]
+    results = TRAIN.train(config(*overrides, f"output_dir={tmp_path}/run"))
+    assert not (pre / "dataset" / "teacher.zip").exists()  # random actions need no teacher
+    assert "timesteps" not in results and (tmp_path / "run" / "results.json").is_file()
+    actor = FlowActor.load(pre / "bc" / "bc.pt")
+    assert actor.config.num_steps == 2
+    summary = json.loads((pre / "dataset" / "dataset.json").read_text())
+    assert summary["quality"] == "random" and summary["transitions"] == 300
+
+
+def test_given_dataset_path_is_used_as_is(tmp_path):
+    env = gym.make("Pendulum-v1", max_episode_steps=50)
+    collect_dataset(env, random_policy(env.action_space), 200).dataset.save_npz(tmp_path / "d.npz")
+    overrides = [*TINY, "stages=[bc]", f"dataset.path={tmp_path / 'd.npz'}"]
+    TRAIN.train(config(*overrides, f"pretrain_dir={tmp_path}/pre", f"output_dir={tmp_path}/run"))
+    assert not (tmp_path / "pre" / "dataset").exists()
+    assert (tmp_path / "pre" / "bc" / "bc.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["stages=[finetune,bc]"], "in that order"),
+        (["stages=[pretrain]"], "choose a non-empty subset"),
+        (["stages=[]"], "choose a non-empty subset"),
+        (["stages=[bc,finetune]", "pretrained=bc.pt"], "drop pretrained"),
+        (["stages=[bc]"], "needs a dataset"),
+        (["stages=[dataset]", "dataset.quality=expertish"], "quality must be one of"),
+        (["stages=[dataset]", "dataset.teacher=td3"], "teacher must be one of"),
+        (["stages=[bc]", "dataset.path=missing.npz"], "does not exist"),
+    ],
+)
+def test_bad_stage_settings_are_refused(tmp_path, overrides, match):
+    cfg = config(*TINY, *overrides, f"pretrain_dir={tmp_path}/pre", f"output_dir={tmp_path}/o")
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        TRAIN.train(cfg)
+
+
+def test_dataset_returns_split_episodes(tmp_path):
+    env = gym.make("Hopper-v5")
+    collected = collect_dataset(env, random_policy(env.action_space), 500, seed=2)
+    collected.dataset.save_npz(tmp_path / "d.npz")
+    returns = pretrain.dataset_returns(tmp_path / "d.npz")
+    # Every finished episode, then the cut-short last one.
+    np.testing.assert_allclose(returns[:-1], collected.episode_returns, rtol=1e-5)
+    assert returns.size == collected.episode_returns.size + 1
+    np.testing.assert_allclose(returns.sum(), collected.dataset.rewards.sum(), rtol=1e-5)

@@ -1,0 +1,324 @@
+"""experiments/train.py: every config builds, typos fail clearly, runs finish and resume."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.sac.policies import SACPolicy
+
+from flowrl.algos import ReinFlow
+from flowrl.data import Normalizer
+from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "experiments" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN = load_script()
+
+ALGOS = {
+    "reinflow": (ReinFlow, FlowPolicy),
+    "ppo": (PPO, ActorCriticPolicy),
+    "sac": (SAC, SACPolicy),
+}
+ENVS = sorted(path.stem for path in (ROOT / "configs" / "env").glob("*.yaml"))
+# Small enough that building costs nothing; SAC would otherwise reserve 1M transitions.
+CHEAP = {"sac": ["algo.buffer_size=1000"]}
+
+TINY_REINFLOW = [
+    "algo=reinflow",
+    "env=pendulum",
+    "env.max_episode_steps=50",
+    "total_timesteps=512",
+    "algo.n_steps=64",
+    "algo.batch_size=32",
+    "algo.n_epochs=1",
+    "policy.num_steps=2",
+    "policy.actor.width=16",
+    "policy.actor.depth=1",
+    "policy.noise_hidden=[8]",
+    "policy.value_hidden=[16]",
+    "eval.freq=256",
+    "eval.episodes=2",
+    "progress_bar=false",
+]
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_env_groups_cover_the_design():
+    expected = {"pendulum", "multigoal", "hopper", "walker2d", "halfcheetah", "ant"}
+    assert expected | {"humanoid", "inverted_pendulum"} == set(ENVS)
+    assert {path.stem for path in (ROOT / "configs" / "algo").glob("*.yaml")} == set(ALGOS)
+
+
+@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_every_algo_builds_on_every_env(algo, env):
+    cfg = TRAIN.as_train_config(config(f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])))
+    algo_class, policy_class = ALGOS[algo]
+    # No policy named: each algo brings its natural one.
+    assert cfg.policy.kind == {"reinflow": "flow"}.get(algo, "gaussian")
+    assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
+    venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
+    try:
+        model = TRAIN.build_model(cfg, venv)
+        assert type(model) is algo_class and isinstance(model.policy, policy_class)
+        assert model.gamma == cfg.algo.gamma and model.seed == 0
+        assert model.tensorboard_log == str(Path(cfg.output_dir) / "tb")
+        assert isinstance(venv, VecNormalize) == cfg.env.norm_reward
+        action, _ = model.predict(venv.reset(), deterministic=True)
+        space = venv.action_space
+        assert action.shape == (1, *space.shape)
+        assert np.all(action >= space.low) and np.all(action <= space.high)
+    finally:
+        venv.close()
+
+
+def test_hyperparameters_and_policy_fields_reach_the_model():
+    cfg = config(
+        "algo.n_steps=32",
+        "algo.critic_learning_rate=0.005",
+        "algo.sigma_max_final=0.15",
+        "policy.num_steps=3",
+        "policy.sigma_max=0.3",
+        "policy.actor.width=24",
+        "policy.value_hidden=[8]",
+    )
+    venv = TRAIN.make_vec_env_from_config(cfg.env)
+    model = TRAIN.build_model(cfg, venv)
+    assert (model.n_steps, model.critic_learning_rate, model.sigma_max_final) == (32, 0.005, 0.15)
+    assert model.policy.num_steps == 3 and float(model.policy.sigma_max) == pytest.approx(0.3)
+    assert model.policy.actor.config.width == 24 and model.policy.value_hidden == (8,)
+
+    cfg = config("algo=ppo", "policy.net_arch=[16]", "policy.activation_fn=ReLU")
+    model = TRAIN.build_model(cfg, venv)
+    assert model.policy.net_arch == [16] and model.policy.activation_fn is torch.nn.ReLU
+    with pytest.raises(ValueError, match="not a torch.nn module"):
+        TRAIN.build_model(config("algo=ppo", "policy.activation_fn=Relu"), venv)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.n_step=5"], "Key 'n_step' not in 'ReinFlowConfig'"),
+        (["algo=ppo", "algo.bc_coef=0.1"], "Key 'bc_coef' not in 'PPOConfig'"),
+        (["policy.num_step=2"], "Key 'num_step' not in 'FlowPolicyConfig'"),
+        (["algo=sac", "policy.num_steps=2"], "Key 'num_steps' not in 'GaussianPolicyConfig'"),
+        (["env.max_steps=5"], "Key 'max_steps' not in 'EnvConfig'"),
+        (["eval.episode=3"], "Key 'episode' not in 'EvalConfig'"),
+        (["seeds=1"], "Key 'seeds' not in 'TrainConfig'"),
+    ],
+)
+def test_key_typos_fail_with_the_schema(overrides, message):
+    with pytest.raises(ConfigCompositionException) as error:
+        config(*overrides)
+    assert message in str(error.value.__cause__ or error.value)
+
+
+@pytest.mark.parametrize(
+    ("group", "typo", "valid"), [("env", "hoper", "hopper"), ("algo", "reinflw", "reinflow")]
+)
+def test_option_typos_list_the_options(group, typo, valid):
+    with pytest.raises(MissingConfigException) as error:
+        config(f"{group}={typo}")
+    text = str(error.value)
+    assert f"Could not find '{group}/{typo}'" in text and f"\t{valid}\n" in text
+    assert "schema" not in text.split("Config search path")[0]  # schemas are not options
+    with pytest.raises(MissingConfigException, match="experiment/nope"):
+        config("experiment=nope")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "valid"),
+    [
+        (["algo=ppo", "policy=flow"], "policy=gaussian"),
+        (["algo=sac", "policy=flow"], "policy=gaussian"),
+        (["algo=reinflow", "policy=gaussian"], "policy=flow"),
+    ],
+)
+def test_policy_the_algo_does_not_take_is_refused(overrides, valid, tmp_path):
+    cfg = config(*overrides, f"output_dir={tmp_path / 'run'}")
+    venv = TRAIN.make_vec_env_from_config(cfg.env)
+    with pytest.raises(ValueError, match=f"takes {valid}, got policy="):
+        TRAIN.build_model(cfg, venv)
+    with pytest.raises(ValueError, match=f"takes {valid}"):
+        TRAIN.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def _save_actor(path, width=16):
+    actor = FlowActor(
+        FlowActorConfig(obs_dim=3, action_dim=1, width=width, depth=1, num_steps=3),
+        Normalizer.identity(3),
+        Normalizer.box(np.array([-2.0]), np.array([2.0])),
+    )
+    actor.save(path)
+    return actor
+
+
+def test_pretrained_checkpoint_starts_the_flow_policy(tmp_path):
+    actor = _save_actor(tmp_path / "bc.pt")
+    venv = TRAIN.make_vec_env_from_config(config().env)
+    model = TRAIN.build_model(config(f"pretrained={tmp_path / 'bc.pt'}"), venv)
+    assert model.policy.num_steps == 3  # num_steps null: the checkpoint's K
+    assert model.policy.actor.config.width == 16  # policy.actor is ignored with a checkpoint
+    for key, value in actor.state_dict().items():
+        assert torch.equal(model.policy.actor.state_dict()[key], value), key
+
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        TRAIN.build_model(config(f"pretrained={tmp_path / 'missing.pt'}"), venv)
+    with pytest.raises(ValueError, match="only flow policies load"):
+        TRAIN.build_model(config("algo=ppo", f"pretrained={tmp_path / 'bc.pt'}"), venv)
+
+
+def test_experiment_bundles_compose():
+    cfg = TRAIN.as_train_config(config("experiment=pendulum_quick", "seed=3"))
+    assert (cfg.algo.name, cfg.policy.kind, cfg.env.id) == ("reinflow", "flow", "Pendulum-v1")
+    assert cfg.policy.num_steps == 2 and cfg.algo.n_steps == 256
+    assert cfg.output_dir == "outputs/train/pendulum_quick/seed3"
+    cfg = TRAIN.as_train_config(config("experiment=main"))
+    assert (cfg.env.id, cfg.n_envs, cfg.algo.critic_warmup_updates) == ("Hopper-v5", 4, 5)
+    assert cfg.stages == ["bc", "finetune"] and cfg.output_dir == "outputs/main"
+    assert Path(ROOT / cfg.dataset.path).is_file()  # the shipped dataset
+    for env in ("hopper", "walker2d", "halfcheetah", "ant"):
+        cfg = TRAIN.as_train_config(config("experiment=pipeline_medium", f"env={env}", "seed=2"))
+        assert cfg.stages == ["dataset", "bc", "finetune"] and cfg.algo.name == "reinflow"
+        assert cfg.output_dir == f"outputs/pipeline/{env}_medium/reinflow/seed2"
+        assert cfg.pretrain_dir == f"outputs/pretrain/{env}/medium_seed0"  # shared by seeds
+
+
+def test_configs_from_python():
+    cfg = TRAIN.compose_config("algo=ppo", "env=hopper", "seed=2")
+    # By name: another test may load train.py again, re-registering its dataclasses.
+    assert (type(cfg).__name__, type(cfg.algo).__name__) == ("TrainConfig", "PPOConfig")
+    assert cfg.output_dir == "outputs/train/ppo/hopper/seed2"
+    built = TRAIN.TrainConfig(
+        algo=TRAIN.SACConfig(buffer_size=100),
+        policy=TRAIN.GaussianPolicyConfig(),
+        env=TRAIN.EnvConfig(name="pendulum", id="Pendulum-v1"),
+    )
+    cfg = TRAIN.as_train_config(built)
+    assert cfg.output_dir == "outputs/train/sac/pendulum/seed0"
+    assert isinstance(TRAIN.build_model(cfg, TRAIN.make_vec_env_from_config(cfg.env)), SAC)
+
+
+def test_vec_env_from_config():
+    env = TRAIN.as_train_config(
+        config("env.norm_reward=true", "env.max_episode_steps=7", "algo.gamma=0.9")
+    ).env
+    venv = TRAIN.make_vec_env_from_config(env, n_envs=2, seed=0, gamma=0.9)
+    assert isinstance(venv, VecNormalize) and not venv.norm_obs and venv.gamma == 0.9
+    assert venv.num_envs == 2
+    venv.reset()
+    for _ in range(7):
+        _, _, dones, infos = venv.step(np.zeros((2, 1), np.float32))
+    assert dones.all() and infos[0]["episode"]["l"] == 7  # Monitor inside, time limit applied
+    plain = TRAIN.make_vec_env_from_config(env, norm_reward=False)
+    assert isinstance(plain, DummyVecEnv)
+    multigoal = TRAIN.make_vec_env_from_config(config("env=multigoal").env)
+    assert multigoal.observation_space.shape == (2,)
+    env.vec_env = "threads"
+    with pytest.raises(ValueError, match="vec_env"):
+        TRAIN.make_vec_env_from_config(env)
+
+
+def test_tiny_run_writes_everything_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = config(*TINY_REINFLOW, f"output_dir={out}")
+    results = TRAIN.train(cfg)
+    for name in ("model.zip", "results.json", "curve.png", "curve.csv"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert not (out / "vecnormalize.pkl").exists()  # pendulum: no reward normalization
+    assert [row["timesteps"] for row in results["curve"]] == [0, 256, 512]
+    assert results["timesteps"] == 512 and results["final"] == results["curve"][-1]
+    assert np.isfinite(results["final"]["return_deterministic_mean"])
+    assert results["steps_per_second"] > 0 and results["wall_time_s"] > results["eval_time_s"]
+    assert results["config"]["algo"]["n_steps"] == 64
+    assert json.loads((out / "results.json").read_text()) == results
+    model = ReinFlow.load(out / "model.zip")
+    assert model.policy.num_steps == 2
+
+    stamp = (out / "model.zip").stat().st_mtime_ns
+    again = TRAIN.train(config(*TINY_REINFLOW, f"output_dir={out}", "progress_bar=true"))
+    assert again == results and (out / "model.zip").stat().st_mtime_ns == stamp
+    assert "skipping" in capsys.readouterr().out
+    # The seed fixes the run: another folder gets the very same curve.
+    other = TRAIN.train(config(*TINY_REINFLOW, f"output_dir={tmp_path / 'other'}"))
+    strip = lambda curve: [{k: v for k, v in r.items() if k != "time_s"} for r in curve]  # noqa: E731
+    assert strip(other["curve"]) == strip(results["curve"])
+
+    changed = config(*TINY_REINFLOW, f"output_dir={out}", "total_timesteps=64", "algo.n_epochs=2")
+    with pytest.raises(ValueError, match="differs in: algo.n_epochs, total_timesteps"):
+        TRAIN.train(changed)
+
+
+def test_tiny_ppo_run_saves_the_reward_normalizer(tmp_path):
+    overrides = [
+        "algo=ppo",
+        "env.norm_reward=true",
+        "total_timesteps=128",
+        "algo.n_steps=64",
+        "eval.freq=128",
+        "eval.episodes=1",
+        "eval.stochastic=false",
+        "eval.at_start=false",
+        "env.max_episode_steps=20",
+        "progress_bar=false",
+        f"output_dir={tmp_path}",
+    ]
+    results = TRAIN.train(config(*overrides))
+    assert (tmp_path / "vecnormalize.pkl").is_file()
+    assert [row["timesteps"] for row in results["curve"]] == [128]
+    assert "return_stochastic_mean" not in results["final"]
+
+
+def test_multirun_gives_each_seed_its_own_folder(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        "-m",
+        "experiment=pendulum_quick",
+        "seed=0,1",
+        "total_timesteps=128",
+        "algo.n_steps=64",
+        "algo.batch_size=32",
+        "algo.n_epochs=1",
+        "eval.freq=128",
+        "eval.episodes=1",
+        "env.max_episode_steps=20",
+        "progress_bar=false",
+        f"output_dir={tmp_path}/runs/seed${{seed}}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for seed in (0, 1):
+        results = json.loads((tmp_path / "runs" / f"seed{seed}" / "results.json").read_text())
+        assert results["config"]["seed"] == seed and results["timesteps"] == 128
+        assert (tmp_path / "sweep" / f"{seed}_reinflow_pendulum_seed{seed}" / ".hydra").is_dir()

@@ -1,0 +1,123 @@
+"""flowrl.callbacks: the learning-curve callback evaluates when asked and records exact returns."""
+
+import csv
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecNormalize
+
+from flowrl.callbacks import LearningCurveCallback
+
+EPISODE = 5
+
+
+class Steady(gym.Env):
+    """Five steps per episode, reward 1 − |a|: a deterministic zero-mean policy scores more
+    than the same policy with exploration noise; the observation never changes."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = 1.0 - float(np.abs(np.clip(action, -1, 1)).sum())
+        return np.zeros(1, np.float32), reward, self.t >= EPISODE, False, {}
+
+
+class Capture(KVWriter):
+    """Keeps every (key, value, step) SB3's logger writes."""
+
+    def __init__(self):
+        self.rows = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.rows.append((dict(key_values), step))
+
+
+def _venv(n_envs=1, seed=0):
+    return make_vec_env(Steady, n_envs=n_envs, seed=seed)
+
+
+def _ppo(env, seed=0):
+    return PPO("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=seed)
+
+
+def test_rows_at_start_every_freq_and_at_the_end():
+    model = _ppo(_venv(n_envs=2))
+    capture = Capture()
+    model.set_logger(Logger(folder=None, output_formats=[capture]))
+    callback = LearningCurveCallback(_venv(seed=100), eval_freq=20, n_eval_episodes=3)
+    model.learn(64, callback=callback)
+
+    # 2 envs: the step count moves by 2; evaluations at 0, the first counts ≥ 20, 40, 60, and
+    # at the last step (64), which is not a multiple of 20.
+    assert [row["timesteps"] for row in callback.curve] == [0, 20, 40, 60, 64]
+    for row in callback.curve:
+        assert row["length_deterministic_mean"] == row["length_stochastic_mean"] == EPISODE
+        # Deterministic policy, fixed observation: every episode returns the same.
+        assert row["return_deterministic_std"] == pytest.approx(0.0, abs=1e-5)
+        assert row["return_deterministic_mean"] > row["return_stochastic_mean"]
+        assert row["return_deterministic_mean"] <= EPISODE
+    times = [row["time_s"] for row in callback.curve]
+    assert times == sorted(times) and callback.eval_seconds > 0
+    assert callback.last == callback.curve[-1]
+
+    logged = [(kv, step) for kv, step in capture.rows if "eval/return_deterministic_mean" in kv]
+    assert [step for _, step in logged] == [0, 20, 40, 60, 64]
+    first, _ = logged[0]
+    assert first["eval/return_deterministic_mean"] == callback.curve[0]["return_deterministic_mean"]
+    assert "eval/return_stochastic_std" in first and "eval/length_stochastic_mean" in first
+
+
+def test_one_mode_and_no_start_row(tmp_path):
+    model = _ppo(_venv())
+    env = Monitor(Steady())  # a plain gymnasium env is vectorized by the callback
+    callback = LearningCurveCallback(
+        env, eval_freq=16, n_eval_episodes=2, stochastic=False, evaluate_at_start=False
+    )
+    model.learn(32, callback=callback)
+    assert [row["timesteps"] for row in callback.curve] == [16, 32]
+    assert all("return_stochastic_mean" not in row for row in callback.curve)
+
+    callback.save_csv(tmp_path / "curve.csv")
+    with open(tmp_path / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["timesteps"]) for r in rows] == [16, 32]
+    assert float(rows[1]["return_deterministic_mean"]) == pytest.approx(
+        callback.curve[1]["return_deterministic_mean"]
+    )
+
+
+def test_invalid_arguments_are_refused():
+    env = _venv()
+    with pytest.raises(ValueError, match="eval_freq"):
+        LearningCurveCallback(env, eval_freq=0)
+    with pytest.raises(ValueError, match="n_eval_episodes"):
+        LearningCurveCallback(env, eval_freq=10, n_eval_episodes=0)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        LearningCurveCallback(env, eval_freq=10, deterministic=False, stochastic=False)
+    with pytest.raises(RuntimeError, match="no evaluation yet"):
+        _ = LearningCurveCallback(env, eval_freq=10).last
+
+
+def test_observation_normalization_reaches_the_eval_env():
+    train_env = VecNormalize(_venv(), norm_obs=True, norm_reward=False)
+    with pytest.raises(ValueError, match="eval env does not"):
+        _ppo(train_env).learn(16, callback=LearningCurveCallback(_venv(), eval_freq=16))
+
+    eval_env = VecNormalize(_venv(seed=5), training=False, norm_reward=False)
+    model = _ppo(train_env)
+    callback = LearningCurveCallback(eval_env, eval_freq=16, n_eval_episodes=1)
+    model.learn(32, callback=callback)
+    np.testing.assert_array_equal(eval_env.obs_rms.mean, train_env.obs_rms.mean)
+    assert eval_env.obs_rms is not train_env.obs_rms

@@ -111,7 +111,8 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
     truncated by the env itself: ``MultiGoal-v0`` is registered with ``max_episode_steps=30``.
 
     ``info`` holds ``"goal_reached"`` (index into :data:`GOALS` of the goal reached on this
-    step, or -1; always -1 after reset) and ``"distance_to_nearest_goal"`` (``d``).
+    step, or -1; always -1 after reset), ``"distance_to_nearest_goal"`` (``d``) and
+    ``"is_success"`` (a goal was reached on this step).
 
     With ``render_mode="rgb_array"``, :meth:`render` draws a small numpy image: the arena,
     goal discs of radius ``goal_threshold``, the path since reset and the point mass.
@@ -231,8 +232,15 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
 
     @staticmethod
     def _info(goal: int, distance: float) -> dict[str, Any]:
-        """Returns the info dict: the goal reached (or -1) and the nearest goal's distance."""
-        return {"goal_reached": goal, "distance_to_nearest_goal": distance}
+        """Returns the info dict: goal reached (or -1), nearest-goal distance, is_success.
+
+        ``is_success`` (a goal was reached) is the key SB3's evaluation tools read.
+        """
+        return {
+            "goal_reached": goal,
+            "distance_to_nearest_goal": distance,
+            "is_success": goal >= 0,
+        }
 
     def render(self) -> np.ndarray | None:
         """Draws the arena with numpy only.

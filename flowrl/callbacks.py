@@ -37,7 +37,9 @@ class LearningCurveCallback(BaseCallback):
     * ``return_deterministic_mean`` / ``_std``, ``length_deterministic_mean``: episodes of
       ``predict(deterministic=True)``;
     * ``return_stochastic_mean`` / ``_std``, ``length_stochastic_mean``: episodes of
-      ``predict(deterministic=False)``.
+      ``predict(deterministic=False)``;
+    * ``success_deterministic_rate`` / ``success_stochastic_rate``: share of episodes whose
+      last ``info`` says ``is_success`` (only for envs that report it, e.g. MultiGoal-v0).
 
     Returns are the env's own rewards as recorded by a ``Monitor`` wrapper inside the eval
     env (so reward normalization of the training env does not change them).
@@ -135,16 +137,26 @@ class LearningCurveCallback(BaseCallback):
         steps = int(self.model.num_timesteps)
         row: dict[str, float] = {"timesteps": steps}
         for mode in self.modes:
+            successes: list[bool] = []
+
+            def record_success(local: dict, _globals: dict, out: list[bool] = successes) -> None:
+                # The env's own success flag at the end of each episode, where it has one.
+                if local["done"] and "is_success" in local["info"]:
+                    out.append(bool(local["info"]["is_success"]))
+
             returns, lengths = evaluate_policy(
                 self.model,  # type: ignore[arg-type]
                 self.eval_env,
                 n_eval_episodes=self.n_eval_episodes,
                 deterministic=mode == "deterministic",
                 return_episode_rewards=True,
+                callback=record_success,
             )
             row[f"return_{mode}_mean"] = float(np.mean(returns))
             row[f"return_{mode}_std"] = float(np.std(returns))
             row[f"length_{mode}_mean"] = float(np.mean(lengths))
+            if successes:
+                row[f"success_{mode}_rate"] = float(np.mean(successes))
         self.eval_seconds += time.perf_counter() - start
         row["time_s"] = time.perf_counter() - self._start
         self.curve.append(row)

@@ -121,3 +121,29 @@ def test_observation_normalization_reaches_the_eval_env():
     model.learn(32, callback=callback)
     np.testing.assert_array_equal(eval_env.obs_rms.mean, train_env.obs_rms.mean)
     assert eval_env.obs_rms is not train_env.obs_rms
+
+
+def test_success_rate_where_the_env_reports_it():
+    import flowrl.envs  # noqa: F401  (registers MultiGoal-v0)
+
+    class Toward:
+        """Walks straight to the goal at (5, 0) from the origin (MultiGoal starts there)."""
+
+        num_timesteps = 0
+        logger = Logger(folder=None, output_formats=[Capture()])
+
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.tile([1.0, 0.0], (len(obs), 1)).astype(np.float32), None
+
+        def get_env(self):
+            return eval_env  # stands in for the training env (no normalization to copy)
+
+    eval_env = make_vec_env("MultiGoal-v0", n_envs=1, seed=0)
+    curve = LearningCurveCallback(eval_env, eval_freq=10, n_eval_episodes=3, stochastic=False)
+    curve.model = Toward()
+    row = curve.evaluate()
+    assert row["success_deterministic_rate"] == 1.0  # every episode ends at a goal
+    # Envs without the flag get no success key.
+    plain = LearningCurveCallback(_venv(), eval_freq=10, n_eval_episodes=2, stochastic=False)
+    plain.model = curve.model
+    assert not any(k.startswith("success") for k in plain.evaluate())

@@ -69,7 +69,7 @@ def test_truncates_at_step_30_with_zero_actions():
         np.testing.assert_array_equal(obs, [0, 0])
         # At the origin with zero action: -(30·0 + 1·5²) = -25.
         assert reward == -25.0
-        assert info == {"goal_reached": -1, "distance_to_nearest_goal": 5.0}
+        assert info == {"goal_reached": -1, "distance_to_nearest_goal": 5.0, "is_success": False}
     env.close()
 
 
@@ -99,7 +99,7 @@ def test_reward_arithmetic_with_goal_bonus_and_termination():
     np.testing.assert_array_equal(obs, [4.75, 0.5])
     assert reward == pytest.approx(-27.8125, abs=1e-12)
     assert terminated is True and truncated is False
-    assert info["goal_reached"] == 0
+    assert info["goal_reached"] == 0 and info["is_success"]
     assert info["distance_to_nearest_goal"] == pytest.approx(np.sqrt(0.3125), abs=1e-12)
 
 

@@ -116,3 +116,16 @@ def test_dataset_returns_split_episodes(tmp_path):
     np.testing.assert_allclose(returns[:-1], collected.episode_returns, rtol=1e-5)
     assert returns.size == collected.episode_returns.size + 1
     np.testing.assert_allclose(returns.sum(), collected.dataset.rewards.sum(), rtol=1e-5)
+
+
+def test_dataset_stage_also_saves_a_minari_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    overrides = [*TINY, "stages=[dataset]", "dataset.quality=random"]
+    overrides += ["dataset.minari_id=flowrl/pendulum-random-v0", f"pretrain_dir={tmp_path}/pre"]
+    TRAIN.train(config(*overrides, f"output_dir={tmp_path}/run"))
+    from flowrl.data import load_minari
+
+    from_minari = load_minari("flowrl/pendulum-random-v0")
+    from_npz = OfflineDataset.load_npz(tmp_path / "pre" / "dataset" / "dataset.npz")
+    np.testing.assert_array_equal(from_minari.actions, from_npz.actions)
+    np.testing.assert_array_equal(from_minari.timeouts, from_npz.timeouts)

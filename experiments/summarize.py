@@ -1,0 +1,156 @@
+"""Summarize finished runs of ``experiments/train.py`` as one results table (markdown + JSON).
+
+    python experiments/summarize.py outputs/table/*/seed* --out docs/hopper_results
+
+Runs are grouped by (algorithm, env, pretrained or not); each group gives the number of seeds,
+the env steps of training, the return at the start (the first evaluation: a BC policy before
+fine-tuning, or a fresh policy) and at the end, as mean ± std over seeds of each seed's
+evaluation mean, and the change. Deterministic and stochastic returns are reported apart.
+Also plots every group's mean curve into one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+MODES = ("deterministic", "stochastic")
+PER_RUN = ("seed", "output_dir", "progress_bar", "verbose")  # may differ within a row
+
+
+def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """results.json of each folder, grouped by a label; folders without one are refused."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no results.json (unfinished run?)")
+        result = json.loads(path.read_text())
+        if "curve" not in result:
+            raise ValueError(f"{path} has no learning curve (a run without the finetune stage)")
+        config = result["config"]
+        start = "BC" if config["pretrained"] or "bc" in config.get("stages", []) else "scratch"
+        label = f"{config['algo']['name']} ({start}) on {config['env']['id']}"
+        group = groups.setdefault(label, [])
+        if group:
+            changed = _differences(_settings(group[0]["config"]), _settings(config))
+            if changed:
+                raise ValueError(
+                    f"{folder} and the other {label} runs differ in {', '.join(changed)}: "
+                    "a row averages seeds of one configuration, summarize the others apart"
+                )
+        group.append(result)
+    return groups
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without what may differ between seeds of one configuration."""
+    return {k: v for k, v in config.items() if k not in PER_RUN}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per group and mode: seeds, steps, start and final returns over seeds."""
+    rows = []
+    for label, runs in groups.items():
+        for mode in MODES:
+            key = f"return_{mode}_mean"
+            if key not in runs[0]["final"]:
+                continue
+            starts = [run["curve"][0][key] for run in runs]
+            finals = [run["final"][key] for run in runs]
+            start, start_std = _mean_std(starts)
+            final, final_std = _mean_std(finals)
+            rows.append(
+                {
+                    "group": label,
+                    "mode": mode,
+                    "seeds": sorted(run["config"]["seed"] for run in runs),
+                    "timesteps": int(np.mean([run["timesteps"] for run in runs])),
+                    "start_mean": start,
+                    "start_std": start_std,
+                    "final_mean": final,
+                    "final_std": final_std,
+                    "final_per_seed": finals,
+                    "change_percent": 100 * (final - start) / abs(start) if start else None,
+                }
+            )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table: returns as mean ± std over seeds (each seed: its evaluation mean)."""
+    lines = [
+        "| run | policy | seeds | env steps | start | final | change | final per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        change = "—" if r["change_percent"] is None else f"{r['change_percent']:+.0f} %"
+        per_seed = ", ".join(f"{v:.0f}" for v in r["final_per_seed"])
+        lines.append(
+            f"| {r['group']} | {r['mode']} | {len(r['seeds'])} | {r['timesteps']} | "
+            f"{r['start_mean']:.0f} ± {r['start_std']:.0f} | "
+            f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | {change} | {per_seed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Mean deterministic return over seeds against env steps, one line per group."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, runs in groups.items():
+        key = "return_deterministic_mean"
+        if key not in runs[0]["final"]:
+            continue
+        length = min(len(run["curve"]) for run in runs)
+        steps = [row["timesteps"] for row in runs[0]["curve"][:length]]
+        values = np.array([[row[key] for row in run["curve"][:length]] for run in runs])
+        ax.plot(steps, values.mean(0), marker="o", label=f"{label} ({len(runs)} seeds)")
+        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("deterministic return (mean; band: min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="output_dir folders of finished runs")
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT.md, OUT.json, OUT.png")
+    args = parser.parse_args()
+    groups = load_runs(args.runs)
+    rows = summarize(groups)
+    table = markdown(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(table)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(groups, args.out.with_suffix(".png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

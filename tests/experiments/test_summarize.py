@@ -1,0 +1,50 @@
+"""experiments/summarize.py: one row per configuration, seeds averaged, mixtures refused."""
+
+import json
+
+import pytest
+
+import summarize
+
+
+def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt"):
+    folder.mkdir(parents=True)
+    config = {
+        "algo": {"name": "reinflow", "learning_rate": lr},
+        "env": {"id": "Hopper-v5"},
+        "seed": seed,
+        "output_dir": str(folder),
+        "pretrained": pretrained,
+        "stages": ["finetune"],
+    }
+    row = lambda t, r: {"timesteps": t, "return_deterministic_mean": r}  # noqa: E731
+    result = {"config": config, "timesteps": 1000, "curve": [row(0, start), row(1000, final)]}
+    result["final"] = result["curve"][-1]
+    (folder / "results.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_rows_average_seeds_and_report_the_change(tmp_path):
+    runs = [_run(tmp_path / "a", 0, final=150), _run(tmp_path / "b", 1, final=250)]
+    runs.append(_run(tmp_path / "c", 0, start=10, final=20, pretrained=None))
+    groups = summarize.load_runs(runs)
+    rows = summarize.summarize(groups)
+    bc = next(r for r in rows if r["group"] == "reinflow (BC) on Hopper-v5")
+    assert bc["seeds"] == [0, 1] and bc["final_mean"] == 200 and bc["final_std"] == 50
+    assert bc["change_percent"] == pytest.approx(100.0)
+    scratch = next(r for r in rows if r["group"] == "reinflow (scratch) on Hopper-v5")
+    assert scratch["final_per_seed"] == [20]
+    assert (
+        "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 200 ± 50 | +100 %"
+        in (summarize.markdown(rows))
+    )
+    summarize.plot(groups, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_different_configurations_are_not_averaged(tmp_path):
+    runs = [_run(tmp_path / "a", 0), _run(tmp_path / "b", 1, lr=1e-4)]
+    with pytest.raises(ValueError, match="differ in algo.learning_rate"):
+        summarize.load_runs(runs)
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        summarize.load_runs([tmp_path / "missing"])

@@ -101,3 +101,25 @@ def test_jvp_attention_quick_writes_json_and_table(tmp_path):
             assert row["time_vs_naive"] == 1.0 and row["memory_vs_naive"] == 1.0
     table = (tmp_path / "jvp.md").read_text()
     assert "| 128 | blockwise |" in table
+
+
+def test_update_time_quick_writes_json_and_table(tmp_path):
+    out = tmp_path / "update_time.json"
+    script = ROOT / "experiments" / "benchmarks" / "update_time.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["learners"]) == {"reinflow", "ppo", "sac"}
+    for learner in result["learners"].values():
+        assert learner["gradient_steps"] > 0 and learner["update_calls"] > 0
+        assert 0 < learner["update_s"] <= learner["wall_s"]
+    # On-policy: 2 rollouts of 64 steps, 2 epochs of 2 minibatches each; SAC: 1 per env step.
+    assert result["learners"]["ppo"]["gradient_steps"] == 8
+    assert result["learners"]["sac"]["gradient_steps"] == 128
+    assert "| reinflow |" in out.with_suffix(".md").read_text()

@@ -278,6 +278,9 @@ class EnvConfig:
     max_episode_steps: int | None = None  # time limit; null: the env's registered default
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     norm_reward: bool = False  # VecNormalize the rewards (observations: inside flow policies)
+    # VecNormalize the observations too: for Gaussian policies trained from scratch (SB3's
+    # zoo does so on MuJoCo); flow policies normalize observations themselves.
+    norm_obs: bool = False
     vec_env: str = "dummy"  # "dummy" (one process) or "subproc" (one process per env)
 
 
@@ -389,6 +392,7 @@ def make_vec_env_from_config(
     seed: int = 0,
     gamma: float = 0.99,
     norm_reward: bool | None = None,
+    training: bool = True,
 ) -> VecEnv:
     """Vectorized envs of the config, each wrapped in ``Monitor``.
 
@@ -397,8 +401,11 @@ def make_vec_env_from_config(
         n_envs: Number of envs (seeds ``seed``, ``seed + 1``, …).
         seed: Seed of the first env.
         gamma: Discount of the reward normalizer (the algorithm's gamma).
-        norm_reward: Wrap in ``VecNormalize(norm_obs=False, norm_reward=True)``; None: as
-            ``env_cfg.norm_reward`` says (pass False for eval envs).
+        norm_reward: Normalize rewards with ``VecNormalize``; None: as ``env_cfg.norm_reward``
+            says (pass False for eval envs). Observations are normalized as
+            ``env_cfg.norm_obs`` says.
+        training: False for an eval env: its observation statistics are not updated (the
+            learning-curve callback copies the training env's).
 
     Returns:
         The VecEnv.
@@ -416,8 +423,15 @@ def make_vec_env_from_config(
         env_kwargs=kwargs,
         vec_env_cls=classes[env_cfg.vec_env],
     )
-    if env_cfg.norm_reward if norm_reward is None else norm_reward:
-        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=gamma)
+    norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
+    if norm_reward or env_cfg.norm_obs:
+        venv = VecNormalize(
+            venv,
+            training=training,
+            norm_obs=env_cfg.norm_obs,
+            norm_reward=norm_reward,
+            gamma=gamma,
+        )
     return venv
 
 
@@ -536,7 +550,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
 
     venv = make_vec_env_from_config(cfg.env, cfg.n_envs, cfg.seed, cfg.algo.gamma)
     eval_env = make_vec_env_from_config(
-        cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False
+        cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False, training=False
     )
     model = build_model(cfg, venv)
     curve = LearningCurveCallback(

@@ -291,8 +291,37 @@ def test_tiny_ppo_run_saves_the_reward_normalizer(tmp_path):
     ]
     results = TRAIN.train(config(*overrides))
     assert (tmp_path / "vecnormalize.pkl").is_file()
+    assert not VecNormalize.load(
+        str(tmp_path / "vecnormalize.pkl"), DummyVecEnv([_pendulum])
+    ).norm_obs
     assert [row["timesteps"] for row in results["curve"]] == [128]
     assert "return_stochastic_mean" not in results["final"]
+
+
+def _pendulum():
+    import gymnasium
+
+    return gymnasium.make("Pendulum-v1")
+
+
+def test_observation_normalization_for_gaussian_policies(tmp_path):
+    overrides = [
+        "algo=ppo",
+        "env.norm_obs=true",
+        "total_timesteps=128",
+        "algo.n_steps=64",
+        "eval.freq=128",
+        "eval.episodes=1",
+        "eval.at_start=false",
+        "env.max_episode_steps=20",
+        "progress_bar=false",
+        f"output_dir={tmp_path}",
+    ]
+    results = TRAIN.train(config(*overrides))
+    saved = VecNormalize.load(str(tmp_path / "vecnormalize.pkl"), DummyVecEnv([_pendulum]))
+    assert saved.norm_obs and not saved.norm_reward  # pendulum: rewards as they are
+    assert saved.obs_rms.count > 128  # statistics of the training steps
+    assert np.isfinite(results["final"]["return_deterministic_mean"])
 
 
 def test_multirun_gives_each_seed_its_own_folder(tmp_path):

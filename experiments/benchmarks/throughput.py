@@ -71,6 +71,8 @@ MATCHED = [
     "hidden width W: PPO net_arch pi=[W, W], vf=[W, W]; ReinFlow actor_config "
     "width=W, depth=2 (2 residual blocks) and value_hidden=(W, W)",
     "device (CPU) and torch intra-op threads",
+    "optimizer: Adam with the fused implementation for both (FlowPolicy's default; PPO gets "
+    "optimizer_kwargs fused=True) unless --ppo-optimizer default",
     "learn(total_timesteps) with the same total, i.e. the same number of rollouts and updates",
 ]
 DIFFERS = [
@@ -167,6 +169,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 2; 0 skips it)",
     )
     parser.add_argument("--device", default="cpu", help="torch device of both learners")
+    parser.add_argument(
+        "--ppo-optimizer",
+        choices=("fused", "default"),
+        default="fused",
+        help="PPO's Adam: fused, as FlowPolicy's default (matched), or SB3's default "
+        "(PyTorch's per-tensor loop on CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out",
@@ -230,6 +239,14 @@ def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def ppo_policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """PPO's MlpPolicy arguments: matched width, and Adam fused unless asked otherwise."""
+    kwargs: dict[str, Any] = {"net_arch": {"pi": [args.width] * 2, "vf": [args.width] * 2}}
+    if args.ppo_optimizer == "fused":
+        kwargs["optimizer_kwargs"] = {"fused": True}
+    return kwargs
+
+
 def build(name: str, args: argparse.Namespace) -> TimedMixin:
     """A fresh learner on its own vectorized env."""
     env, width = make_env(args), args.width
@@ -248,7 +265,7 @@ def build(name: str, args: argparse.Namespace) -> TimedMixin:
         model = TimedPPO(
             "MlpPolicy",
             env,
-            policy_kwargs={"net_arch": {"pi": [width, width], "vf": [width, width]}},
+            policy_kwargs=ppo_policy_kwargs(args),
             **common_kwargs(args),
         )
     model.reset_timings()
@@ -473,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "ppo": {
             "policy": "MlpPolicy (Gaussian, state-independent log-std)",
-            "policy_kwargs": {"net_arch": {"pi": [args.width] * 2, "vf": [args.width] * 2}},
+            "policy_kwargs": ppo_policy_kwargs(args),
         },
     }
     result = {

@@ -20,10 +20,14 @@ fields at once). Every run writes to ``output_dir``:
   sweep only does the missing runs;
 * ``tb/``: TensorBoard logs; ``.hydra/`` and the log of Hydra's run.
 
-Other scripts (e.g. a dataset → BC → fine-tuning → evaluation pipeline) import this file and
-call :func:`compose_config`, :func:`make_vec_env_from_config`, :func:`build_model` and
-:func:`train`. Adding a learner takes a schema dataclass here (decorated with
-``@register_schema("algo", name)``) and a yaml in ``configs/algo/``.
+The same entry point runs the whole pipeline when ``stages`` asks for it
+(``stages=[dataset,bc,finetune]``, e.g. ``experiment=pipeline_medium env=walker2d``): the
+dataset stage trains an SB3 teacher and records its rollouts, the bc stage behaviour-clones a
+flow actor on them, and fine-tuning starts from that actor (``experiments/pretrain.py``).
+Other scripts import this file and call :func:`compose_config`,
+:func:`make_vec_env_from_config`, :func:`build_model` and :func:`train`. Adding a learner
+takes a schema dataclass here (decorated with ``@register_schema("algo", name)``) and a yaml
+in ``configs/algo/``.
 """
 
 from __future__ import annotations

@@ -57,6 +57,14 @@ class BCStageConfig:
     train: BCConfig = field(default_factory=lambda: BCConfig(steps=5000, batch_size=256))
 
 
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (JSON-like values)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def _claim_stage(out: Path, settings: dict[str, Any]) -> None:
     """Record the settings a stage folder is made with; refuse a folder made with others.
 
@@ -67,8 +75,7 @@ def _claim_stage(out: Path, settings: dict[str, Any]) -> None:
     path = out / "stage.json"
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
     if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = differences(json.loads(path.read_text()), settings)
         if changed:
             raise ValueError(
                 f"{out} was made with other settings (differs in: {', '.join(changed)}); "

@@ -19,6 +19,8 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from pretrain import differences
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
@@ -41,7 +43,7 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
         label = f"{config['algo']['name']} ({start}) on {config['env']['id']}"
         group = groups.setdefault(label, [])
         if group:
-            changed = _differences(_settings(group[0]["config"]), _settings(config))
+            changed = differences(_settings(group[0]["config"]), _settings(config))
             if changed:
                 raise ValueError(
                     f"{folder} and the other {label} runs differ in {', '.join(changed)}: "
@@ -54,16 +56,6 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config without what may differ between seeds of one configuration."""
     return {k: v for k, v in config.items() if k not in PER_RUN}
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            d
-            for k in sorted(set(a) | set(b))
-            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        ]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -57,6 +57,7 @@ from pretrain import (
     DatasetStageConfig,
     behaviour_clone,
     dataset_returns,
+    differences,
     make_dataset,
 )
 
@@ -390,6 +391,14 @@ def check_compatible(cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------------- building blocks
 
 
+def make_kwargs(env_cfg: EnvConfig) -> dict[str, Any]:
+    """``gymnasium.make`` arguments of the env config (its kwargs and time limit)."""
+    kwargs = dict(env_cfg.kwargs)
+    if env_cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = env_cfg.max_episode_steps
+    return kwargs
+
+
 def make_vec_env_from_config(
     env_cfg: EnvConfig,
     n_envs: int = 1,
@@ -417,14 +426,11 @@ def make_vec_env_from_config(
     classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
     if env_cfg.vec_env not in classes:
         raise ValueError(f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted(classes)}")
-    kwargs = dict(env_cfg.kwargs)
-    if env_cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = env_cfg.max_episode_steps
     venv = make_vec_env(
         env_cfg.id,
         n_envs=n_envs,
         seed=seed,
-        env_kwargs=kwargs,
+        env_kwargs=make_kwargs(env_cfg),
         vec_env_cls=classes[env_cfg.vec_env],
     )
     norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
@@ -497,14 +503,6 @@ def save_curve_plot(
     plt.close(fig)
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The results of a finished run of this config in ``out``; None if there is none.
 
@@ -516,7 +514,7 @@ def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     results = json.loads(path.read_text())
     relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
-    changed = _differences(relevant(results.get("config", {})), relevant(config))
+    changed = differences(relevant(results.get("config", {})), relevant(config))
     if changed:
         raise ValueError(
             f"{path} holds a finished run of another config (differs in: {', '.join(changed)}); "
@@ -610,10 +608,7 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
             f"stage bc needs a dataset: add the dataset stage, set dataset.path, or make "
             f"{made} first"
         )
-    env_kwargs = dict(cfg.env.kwargs)
-    if cfg.env.max_episode_steps is not None:
-        env_kwargs["max_episode_steps"] = cfg.env.max_episode_steps
-    dataset_path = make_dataset(cfg.dataset, cfg.env.id, root / "dataset", env_kwargs)
+    dataset_path = make_dataset(cfg.dataset, cfg.env.id, root / "dataset", make_kwargs(cfg.env))
     returns = dataset_returns(dataset_path)
     results["dataset"] = {
         "path": str(dataset_path),

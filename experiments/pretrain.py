@@ -17,6 +17,7 @@ with other settings is refused rather than silently reused.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,12 +144,16 @@ def make_dataset(
     collected = collect_dataset(
         env, policy, cfg.transitions, deterministic=cfg.deterministic, seed=cfg.seed + 1
     )
-    collected.dataset.save_npz(path)
     if cfg.minari_id:
         save_minari(collected.dataset, cfg.minari_id, env=env_id, algorithm_name=cfg.teacher)
     summary = {"env": env_id, **asdict(cfg), **collected.summary()}
     summary["seconds"] = round(time.time() - start, 1)
     (out / "dataset.json").write_text(json.dumps(summary, indent=2))
+    # Written last, under a temporary name first: a dataset.npz always is a finished one, so
+    # an interrupted run redoes the stage instead of loading half a file.
+    partial = out / "dataset.partial.npz"
+    collected.dataset.save_npz(partial)
+    os.replace(partial, path)
     print(
         f"dataset: {len(collected.dataset)} transitions of {env_id} ({cfg.quality}), "
         f"episode return {summary['return_mean']:.0f} ± {summary['return_std']:.0f} "
@@ -177,7 +182,9 @@ def behaviour_clone(
     bc.learn(
         tensorboard_log=out / "tb", checkpoint_path=out / "trainer.ckpt", progress_bar=progress_bar
     )
-    bc.actor_ema.save(path)
+    partial = out / "bc.partial.pt"
+    bc.actor_ema.save(partial)
+    os.replace(partial, path)  # bc.pt appears complete or not at all
     info = {"dataset": str(dataset_path), "seconds": round(time.time() - start, 1)}
     (out / "bc.json").write_text(json.dumps(info, indent=2))
     print(f"bc: {cfg.train.steps} steps in {info['seconds']} s -> {path}")

@@ -46,6 +46,7 @@ def test_pipeline_runs_every_stage_and_shares_pretraining(tmp_path, capsys):
     for name in ("teacher.zip", "dataset.npz", "dataset.json", "stage.json"):
         assert (pre / "dataset" / name).is_file(), name
     assert (pre / "bc" / "bc.pt").is_file() and (pre / "bc" / "stage.json").is_file()
+    assert not list(pre.rglob("*.partial.*"))  # written under temporary names, then renamed
     data = OfflineDataset.load_npz(pre / "dataset" / "dataset.npz")
     assert len(data) == 300 and data.timeouts.sum() == 6  # 50-step episodes
     assert results["dataset"]["episodes"] == 6 and results["bc"]["steps"] == 20

@@ -118,10 +118,12 @@ def _select(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree_util.tree_map(pick, new, old)
 
 
-def make_batch_functions(task: MJXTask, num_envs: int, max_episode_steps: int):
+def make_batch_functions(task: MJXTask, num_envs: int):
     """The two jitted functions of a bridge.
 
-    ``reset(key) -> _Batch`` and ``step(batch, actions (E, Da)) -> (_Batch, _StepOut)``.
+    ``reset(key) -> _Batch`` and
+    ``step(batch, actions (E, Da), max_episode_steps ()) -> (_Batch, _StepOut)``; the time
+    limit is an argument, not a constant, so bridges that differ only in it share the code.
     """
 
     def reset(key: jax.Array) -> _Batch:
@@ -130,7 +132,9 @@ def make_batch_functions(task: MJXTask, num_envs: int, max_episode_steps: int):
         zeros = jnp.zeros(num_envs, jnp.int32)
         return _Batch(env=env, steps=zeros, ep_return=jnp.zeros(num_envs, jnp.float32), key=key)
 
-    def step(batch: _Batch, actions: jax.Array) -> tuple[_Batch, _StepOut]:
+    def step(
+        batch: _Batch, actions: jax.Array, max_episode_steps: jax.Array
+    ) -> tuple[_Batch, _StepOut]:
         stepped = jax.vmap(task.step)(batch.env, actions)
         steps = batch.steps + 1
         ep_return = batch.ep_return + stepped.reward
@@ -211,7 +215,8 @@ class MJXVecEnv(VecEnv):
         )
         action_space = gym.spaces.Box(task.action_low, task.action_high, dtype=np.float32)
         super().__init__(num_envs, observation_space, action_space)
-        self._reset_fn, self._step_fn = make_batch_functions(task, num_envs, self.max_episode_steps)
+        self._reset_fn, self._step_fn = make_batch_functions(task, num_envs)
+        self._time_limit = jnp.asarray(self.max_episode_steps, jnp.int32)
         self._key = jax.random.PRNGKey(seed)
         self._batch: _Batch | None = None
         self._actions: np.ndarray | None = None
@@ -243,7 +248,7 @@ class MJXVecEnv(VecEnv):
                 f"actions must have shape {(self.num_envs, self.task.action_size)}, "
                 f"got {tuple(actions.shape)}"
             )
-        self._batch, out = self._step_fn(self._batch, actions)
+        self._batch, out = self._step_fn(self._batch, actions, self._time_limit)
         return out
 
     def episode_infos(self, out: _StepOut) -> tuple[np.ndarray, list[dict[str, Any]]]:

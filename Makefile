@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[dev,kernels]"
+	$(BIN)/python -m pip install -e ".[dev,kernels,mjx]"
 	touch $(STAMP)
 
 demo: $(STAMP)

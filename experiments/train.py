@@ -286,7 +286,13 @@ class EnvConfig:
     # VecNormalize the observations too: for Gaussian policies trained from scratch (SB3's
     # zoo does so on MuJoCo); flow policies normalize observations themselves.
     norm_obs: bool = False
-    vec_env: str = "dummy"  # "dummy" (one process) or "subproc" (one process per env)
+    # "dummy" (one process), "subproc" (one process per env) or "mjx" (a batch of MJX envs
+    # stepped in one jitted call; `id` is then an MJX task name, see flowrl.envs.mjx)
+    vec_env: str = "dummy"
+    n_envs: int | None = None  # training envs; overrides the top-level n_envs (MJX batches)
+    # gymnasium id of the evaluation env; null: `id`. MJX configs evaluate on the classic
+    # MuJoCo task their port reproduces (parity-tested), one env, no compile.
+    eval_id: str | None = None
 
 
 @dataclass
@@ -424,15 +430,32 @@ def make_vec_env_from_config(
         The VecEnv.
     """
     classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-    if env_cfg.vec_env not in classes:
-        raise ValueError(f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted(classes)}")
-    venv = make_vec_env(
-        env_cfg.id,
-        n_envs=n_envs,
-        seed=seed,
-        env_kwargs=make_kwargs(env_cfg),
-        vec_env_cls=classes[env_cfg.vec_env],
-    )
+    if env_cfg.vec_env not in (*classes, "mjx"):
+        raise ValueError(
+            f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted((*classes, 'mjx'))}"
+        )
+    venv: VecEnv
+    if env_cfg.vec_env == "mjx" and training:
+        from flowrl.envs.mjx import MJXVecEnv  # needs the mjx extra
+
+        venv = MJXVecEnv(
+            env_cfg.id,
+            n_envs,
+            seed=seed,
+            max_episode_steps=env_cfg.max_episode_steps,
+            task_kwargs=dict(env_cfg.kwargs),
+        )
+    else:
+        eval_mjx = env_cfg.vec_env == "mjx"
+        if eval_mjx and env_cfg.eval_id is None:
+            raise ValueError(f"env {env_cfg.name!r} (vec_env=mjx) needs an eval_id")
+        venv = make_vec_env(
+            (env_cfg.eval_id or env_cfg.id) if not training else env_cfg.id,
+            n_envs=n_envs,
+            seed=seed,
+            env_kwargs={} if eval_mjx else make_kwargs(env_cfg),
+            vec_env_cls=DummyVecEnv if eval_mjx else classes[env_cfg.vec_env],
+        )
     norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
     if norm_reward or env_cfg.norm_obs:
         venv = VecNormalize(
@@ -550,7 +573,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     # From here on a plain fine-tuning run of the checkpoint the stages made (or were given).
     cfg = replace(cfg, pretrained=pretrained, stages=["finetune"])
 
-    venv = make_vec_env_from_config(cfg.env, cfg.n_envs, cfg.seed, cfg.algo.gamma)
+    venv = make_vec_env_from_config(cfg.env, cfg.env.n_envs or cfg.n_envs, cfg.seed, cfg.algo.gamma)
     eval_env = make_vec_env_from_config(
         cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False, training=False
     )

@@ -217,6 +217,7 @@ class MJXVecEnv(VecEnv):
         super().__init__(num_envs, observation_space, action_space)
         self._reset_fn, self._step_fn = make_batch_functions(task, num_envs)
         self._time_limit = jnp.asarray(self.max_episode_steps, jnp.int32)
+        self.device = jax.devices()[0]
         self._key = jax.random.PRNGKey(seed)
         self._batch: _Batch | None = None
         self._actions: np.ndarray | None = None
@@ -236,7 +237,9 @@ class MJXVecEnv(VecEnv):
             self._key = jax.random.PRNGKey(int(self._seeds[0]))
         self._reset_seeds()
         self._key, sub = jax.random.split(self._key)
-        self._batch = self._reset_fn(sub)
+        # A committed key gives committed outputs, like the step's: otherwise the first step
+        # after a reset and the later ones would be two jit cache entries (two compiles).
+        self._batch = self._reset_fn(jax.device_put(sub, self.device))
         self._t_start = time.time()
         return self._batch.env.obs
 
@@ -248,18 +251,26 @@ class MJXVecEnv(VecEnv):
                 f"actions must have shape {(self.num_envs, self.task.action_size)}, "
                 f"got {tuple(actions.shape)}"
             )
+        # Commit the actions to the env's device whichever face they came from: jit caches
+        # committed and uncommitted arguments apart, and a second MJX compile costs a minute.
+        actions = jax.device_put(actions, self.device)
         self._batch, out = self._step_fn(self._batch, actions, self._time_limit)
         return out
 
-    def episode_infos(self, out: _StepOut) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """(done (E,), SB3-style info dicts) of a step: episode stats, terminal obs, time limit."""
-        done = np.asarray(out.done)
+    def episode_infos(
+        self, done: Any, final_obs: Any, truncated: Any, ep_return: Any, ep_length: Any
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(done (E,), SB3-style info dicts) of a step: episode stats, terminal obs, time limit.
+
+        The arguments are (E, ...) arrays of one step (JAX arrays or CPU tensors); only the
+        finished envs' entries are read.
+        """
+        done = np.asarray(done)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         finished = np.flatnonzero(done)
         if finished.size:
-            final_obs = np.asarray(out.final_obs)
-            truncated = np.asarray(out.truncated)
-            ep_return, ep_length = np.asarray(out.ep_return), np.asarray(out.ep_length)
+            final_obs, truncated = np.asarray(final_obs), np.asarray(truncated)
+            ep_return, ep_length = np.asarray(ep_return), np.asarray(ep_length)
             elapsed = round(time.time() - self._t_start, 6)
             for i in finished:
                 infos[i] = {
@@ -285,7 +296,9 @@ class MJXVecEnv(VecEnv):
             self.num_envs, self.task.action_size
         )
         out = self._step_batch(jnp.asarray(actions))
-        done, infos = self.episode_infos(out)
+        done, infos = self.episode_infos(
+            out.done, out.final_obs, out.truncated, out.ep_return, out.ep_length
+        )
         return np.array(out.obs), np.array(out.reward), done, infos
 
     def close(self) -> None:
@@ -361,3 +374,20 @@ class TorchMJXEnv:
             "metrics": {k: conv(v) for k, v in out.metrics.items()},
         }
         return conv(out.obs), conv(out.reward), conv(out.terminated), conv(out.truncated), info
+
+    def sb3_infos(
+        self, truncated: torch.Tensor, info: dict[str, Any]
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(dones, SB3 info dicts) of a :meth:`step`'s results, for code written against SB3.
+
+        The dicts hold episode statistics, ``terminal_observation`` and ``TimeLimit.truncated``
+        for the envs whose episode ended, as :meth:`MJXVecEnv.step_wait` gives them.
+        """
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        return self.env.episode_infos(
+            cpu(info["done"]),
+            cpu(info["final_observation"]),
+            cpu(truncated),
+            cpu(info["episode_return"]),
+            cpu(info["episode_length"]),
+        )

@@ -30,6 +30,18 @@ from flowrl.policies.flow_policy import FlowPolicy, check_spaces
 __all__ = ["ReinFlow"]
 
 
+def torch_face(env: VecEnv) -> Any | None:
+    """The torch-native face of ``env``, or None.
+
+    E.g. :class:`flowrl.envs.mjx.MJXVecEnv`'s ``env.torch``.
+
+    Only the outermost env counts: a wrapper such as ``VecNormalize`` forwards attribute
+    lookups to the env inside, and going around it would skip its normalization.
+    """
+    face = vars(env).get("torch")
+    return face if callable(getattr(face, "step", None)) else None
+
+
 class ReinFlow(OnPolicyAlgorithm):
     """PPO fine-tuning of flow policies through ReinFlow's noise-injected chain.
 
@@ -254,11 +266,15 @@ class ReinFlow(OnPolicyAlgorithm):
         rollout_buffer.reset()
         callback.on_rollout_start()
         n_steps = 0
+        torch_env = torch_face(env)
         while n_steps < n_rollout_steps:
             with torch.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                obs_tensor = self._last_obs_tensor()
                 actions, values, log_probs, chains = self.policy(obs_tensor)
-            new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
+            if torch_env is None:
+                new_obs, rewards, dones, infos = env.step(actions.cpu().numpy())
+            else:
+                new_obs, rewards, dones, infos = self._torch_env_step(torch_env, actions)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -294,6 +310,30 @@ class ReinFlow(OnPolicyAlgorithm):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _last_obs_tensor(self) -> Tensor:
+        """The policy's input for ``self._last_obs``.
+
+        The env's own tensor when the last step went through a torch-native env (no numpy
+        round trip), else a conversion of the numpy observation.
+        """
+        cached = getattr(self, "_torch_obs", None)
+        if cached is not None and cached[0] is self._last_obs:
+            return cached[1].to(self.device)
+        return obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+
+    def _torch_env_step(self, torch_env: Any, actions: Tensor):
+        """One step through a torch-native env; returns SB3's (obs, rewards, dones, infos).
+
+        The observation tensor is kept for the next policy call; the numpy arrays (views on
+        CPU) feed SB3's buffer, callbacks and episode statistics.
+        """
+        obs, reward, _, truncated, info = torch_env.step(actions)
+        dones, infos = torch_env.sb3_infos(truncated, info)
+        new_obs = obs.detach().cpu().numpy()
+        self._torch_obs = (new_obs, obs)
+        # A copy: the truncation bootstrap adds to the rewards in place.
+        return new_obs, reward.detach().cpu().numpy().copy(), dones, infos
 
     # ------------------------------------------------------------------ update
 

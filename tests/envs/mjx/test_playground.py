@@ -18,7 +18,7 @@ def test_cartpole_balance_through_the_bridge():
     obs = env.reset()
     assert obs.shape == (4, 5) and obs.dtype == np.float32
     total = np.zeros(4)
-    for t in range(20):
+    for _ in range(20):
         obs, rewards, dones, infos = env.step(np.zeros((4, 1), np.float32))
         total += rewards
         assert ((rewards >= 0) & (rewards <= 1)).all()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +12,8 @@ from flowrl.algos import ReinFlow
 from flowrl.algos.reinflow import torch_face
 from flowrl.envs.mjx import MJXVecEnv, make_task
 
-ROOT = Path(__file__).resolve().parents[3]
+import train  # experiments/train.py (pytest's pythonpath)
+
 E = 8  # the same batch as test_bridge: its compiled functions come from the cache
 
 
@@ -50,17 +47,8 @@ def test_wrapped_env_keeps_the_numpy_path():
     assert torch_face(VecNormalize(env)) is None  # normalization must not be bypassed
 
 
-def _train_script():
-    spec = importlib.util.spec_from_file_location("train_mjx", ROOT / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["hopper", "walker2d", "halfcheetah", "ant", "inverted_pendulum"])
 def test_mjx_env_configs_compose(name):
-    train = _train_script()
     cfg = train.compose_config(f"env=mjx/{name}")
     assert cfg.env.vec_env == "mjx" and cfg.env.eval_id.endswith("-v5")
     eval_env = train.make_vec_env_from_config(cfg.env, 1, training=False)
@@ -70,7 +58,6 @@ def test_mjx_env_configs_compose(name):
 
 
 def test_mjx_config_trains_through_build_model():
-    train = _train_script()
     cfg = train.compose_config("env=mjx/inverted_pendulum", f"env.n_envs={E}")
     venv = train.make_vec_env_from_config(cfg.env, cfg.env.n_envs, cfg.seed, cfg.algo.gamma)
     assert isinstance(venv, MJXVecEnv) and venv.num_envs == E

@@ -5,9 +5,12 @@ Smoke tests only: they never assert on speed or memory.
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "benchmarks" / "throughput.py"
@@ -15,18 +18,25 @@ JVP_SCRIPT = ROOT / "experiments" / "benchmarks" / "jvp_attention.py"
 LEARNERS = ("reinflow", "ppo")
 
 
-def test_throughput_quick_writes_json_and_table(tmp_path):
-    out = tmp_path / "throughput.json"
+def run_script(script: Path, *args: str, timeout: int, env: dict | None = None):
+    """Run a benchmark script from the repository root; fail with its output if it fails."""
     proc = subprocess.run(
-        # --check-threads 1 runs the thread-check code path without oversubscribing the
-        # (possibly busy) CI cores, which can make a 2-thread run crawl.
-        [sys.executable, str(SCRIPT), "--quick", "--check-threads", "1", "--out", str(out)],
+        [sys.executable, str(script), *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_throughput_quick_writes_json_and_table(tmp_path):
+    out = tmp_path / "throughput.json"
+    # --check-threads 1 runs the thread-check code path without oversubscribing the
+    # (possibly busy) CI cores, which can make a 2-thread run crawl.
+    proc = run_script(SCRIPT, "--quick", "--check-threads", "1", "--out", str(out), timeout=120)
     result = json.loads(out.read_text())
 
     for key in (
@@ -77,14 +87,7 @@ def test_throughput_quick_writes_json_and_table(tmp_path):
 
 def test_jvp_attention_quick_writes_json_and_table(tmp_path):
     out = tmp_path / "jvp.json"
-    proc = subprocess.run(
-        [sys.executable, str(JVP_SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_script(JVP_SCRIPT, "--quick", "--device", "cpu", "--out", str(out), timeout=300)
     result = json.loads(out.read_text())
     for key in ("machine", "code", "settings", "rows", "command"):
         assert key in result, key
@@ -106,14 +109,7 @@ def test_jvp_attention_quick_writes_json_and_table(tmp_path):
 def test_update_time_quick_writes_json_and_table(tmp_path):
     out = tmp_path / "update_time.json"
     script = ROOT / "experiments" / "benchmarks" / "update_time.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_script(script, "--quick", "--out", str(out), timeout=180)
     result = json.loads(out.read_text())
     assert set(result["learners"]) == {"reinflow", "ppo", "sac"}
     for learner in result["learners"].values():
@@ -123,3 +119,23 @@ def test_update_time_quick_writes_json_and_table(tmp_path):
     assert result["learners"]["ppo"]["gradient_steps"] == 8
     assert result["learners"]["sac"]["gradient_steps"] == 128
     assert "| reinflow |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.mjx
+def test_mjx_bridge_writes_json_and_table(tmp_path):
+    pytest.importorskip("jax", reason='needs the mjx extra: pip install "flowrl[mjx]"')
+    pytest.importorskip("mujoco.mjx", reason='needs the mjx extra: pip install "flowrl[mjx]"')
+    out = tmp_path / "mjx_bridge.json"
+    script = ROOT / "experiments" / "benchmarks" / "mjx_bridge.py"
+    # The MJX tests' compile cache: the bridge's (InvertedPendulum, 8 envs) is already in it.
+    env = {**os.environ, "FLOWRL_JAX_CACHE": str(ROOT / ".pytest_cache" / "jax")}
+    args = ["--task", "InvertedPendulum", "--sizes", "8", "--env-steps", "16"]
+    args += ["--gym-env-steps", "16", "--min-steps", "2", "--repeats", "1", "--async-max", "0"]
+    run_script(script, *args, "--out", str(out), timeout=600, env=env)
+    result = json.loads(out.read_text())
+    (row,) = result["sizes"]
+    assert row["n"] == 8
+    rates = row["env_steps_per_s"]
+    assert set(rates) == {"raw", "bridge_torch", "bridge_torch_numpy", "bridge_vecenv", "gym_sync"}
+    assert all(v > 0 for v in rates.values())
+    assert "| 8 |" in out.with_suffix(".md").read_text()

@@ -436,8 +436,9 @@ def make_vec_env_from_config(
         )
     venv: VecEnv
     if env_cfg.vec_env == "mjx" and training:
-        from flowrl.envs.mjx import MJXVecEnv  # needs the mjx extra
+        from flowrl.envs.mjx import MJXVecEnv, enable_compile_cache  # needs the mjx extra
 
+        enable_compile_cache()  # MJX compiles for tens of seconds; the next run loads it
         venv = MJXVecEnv(
             env_cfg.id,
             n_envs,

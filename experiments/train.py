@@ -447,15 +447,19 @@ def make_vec_env_from_config(
             task_kwargs=dict(env_cfg.kwargs),
         )
     else:
-        eval_mjx = env_cfg.vec_env == "mjx"
-        if eval_mjx and env_cfg.eval_id is None:
+        # An MJX config is evaluated on the classic gymnasium task its port reproduces.
+        mjx_eval = env_cfg.vec_env == "mjx"
+        if mjx_eval and env_cfg.eval_id is None:
             raise ValueError(f"env {env_cfg.name!r} (vec_env=mjx) needs an eval_id")
+        kwargs = make_kwargs(env_cfg)
+        if mjx_eval:  # the MJX task's own kwargs do not apply; its time limit does
+            kwargs = {k: v for k, v in kwargs.items() if k == "max_episode_steps"}
         venv = make_vec_env(
-            (env_cfg.eval_id or env_cfg.id) if not training else env_cfg.id,
+            env_cfg.id if training else (env_cfg.eval_id or env_cfg.id),
             n_envs=n_envs,
             seed=seed,
-            env_kwargs={} if eval_mjx else make_kwargs(env_cfg),
-            vec_env_cls=DummyVecEnv if eval_mjx else classes[env_cfg.vec_env],
+            env_kwargs=kwargs,
+            vec_env_cls=DummyVecEnv if mjx_eval else classes[env_cfg.vec_env],
         )
     norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
     if norm_reward or env_cfg.norm_obs:

@@ -233,9 +233,6 @@ class MJXVecEnv(VecEnv):
         return [seed] * self.num_envs
 
     def _reset_batch(self) -> jax.Array:
-        if self._seeds and self._seeds[0] is not None:  # set by VecEnv.seed() of SB3's base
-            self._key = jax.random.PRNGKey(int(self._seeds[0]))
-        self._reset_seeds()
         self._key, sub = jax.random.split(self._key)
         # A committed key gives committed outputs, like the step's: otherwise the first step
         # after a reset and the later ones would be two jit cache entries (two compiles).
@@ -254,6 +251,9 @@ class MJXVecEnv(VecEnv):
         # Commit the actions to the env's device whichever face they came from: jit caches
         # committed and uncommitted arguments apart, and a second MJX compile costs a minute.
         actions = jax.device_put(actions, self.device)
+        if not bool(jnp.isfinite(actions).all()):
+            # MJX would carry the NaN into every later state of that env, silently.
+            raise ValueError("actions contain NaN or inf; refusing to step the MJX envs")
         self._batch, out = self._step_fn(self._batch, actions, self._time_limit)
         return out
 
@@ -292,10 +292,7 @@ class MJXVecEnv(VecEnv):
 
     def step_wait(self):
         """Step every env; returns SB3's (obs, rewards, dones, infos)."""
-        actions = np.asarray(self._actions, dtype=np.float32).reshape(
-            self.num_envs, self.task.action_size
-        )
-        out = self._step_batch(jnp.asarray(actions))
+        out = self._step_batch(jnp.asarray(self._actions, dtype=jnp.float32))
         done, infos = self.episode_infos(
             out.done, out.final_obs, out.truncated, out.ep_return, out.ep_length
         )

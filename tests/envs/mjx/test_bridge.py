@@ -128,6 +128,12 @@ def test_bad_arguments(task):
         make_task("Hopper", cone="round")
     with pytest.raises(RuntimeError, match="reset"):
         MJXVecEnv(task, 2).step(np.zeros((2, 1), np.float32))
+    env = MJXVecEnv(task, E, seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full((E, 1), np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        env.torch.step(torch.full((E, 1), float("inf")))
 
 
 @pytest.mark.filterwarnings("ignore:Evaluation environment is not wrapped")

@@ -311,6 +311,11 @@ class ReinFlow(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def _excluded_save_params(self) -> list[str]:
+        # The torch-native env's last observation tensor (it may alias a JAX buffer) is
+        # rollout state like the env itself: it is not pickled into checkpoints.
+        return [*super()._excluded_save_params(), "_torch_obs"]
+
     def _last_obs_tensor(self) -> Tensor:
         """The policy's input for ``self._last_obs``.
 

@@ -17,7 +17,7 @@ import train  # experiments/train.py (pytest's pythonpath)
 E = 8  # the same batch as test_bridge: its compiled functions come from the cache
 
 
-def test_reinflow_uses_the_torch_face_and_learns():
+def test_reinflow_uses_the_torch_face_and_learns(tmp_path):
     torch.manual_seed(0)
     env = MJXVecEnv(make_task("InvertedPendulum"), E, seed=0)
     assert torch_face(env) is env.torch
@@ -38,6 +38,14 @@ def test_reinflow_uses_the_torch_face_and_learns():
     assert len(model.ep_info_buffer) > 0
     print(f"ReinFlow on MJX InvertedPendulum: {before:.1f} -> {after:.1f}")
     assert after > max(2 * before, 50.0), (before, after)
+    # The env's tensors are rollout state, not checkpoint content: save -> load round-trips.
+    model.save(tmp_path / "reinflow_mjx.zip")
+    loaded = ReinFlow.load(tmp_path / "reinflow_mjx.zip", env=env)
+    assert not hasattr(loaded, "_torch_obs")
+    obs = env.reset()
+    np.testing.assert_array_equal(
+        model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0]
+    )
 
 
 def test_wrapped_env_keeps_the_numpy_path():

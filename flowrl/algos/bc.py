@@ -44,7 +44,8 @@ class BCConfig:
         ema_decay: Decay of the EMA weights (0 keeps a plain copy of the last weights).
         time_sampler: ``"uniform"``, ``"logit_normal"`` or ``"beta"``.
         time_sampler_kwargs: Fields of that sampler.
-        seed: Seed of the trainer's RNG (batches, times, noise).
+        seed: Seed of the trainer's RNG (batches, times, noise) and, in
+            :meth:`FlowBC.from_dataset`, of the actor's initial weights.
         log_interval: Steps between TensorBoard writes.
         device: Torch device.
     """
@@ -131,7 +132,13 @@ class FlowBC:
         actor_cfg = FlowActorConfig(
             obs_dim=dataset.obs_dim, action_dim=dataset.action_dim, **(actor_config or {})
         )
-        return cls(FlowActor(actor_cfg, obs_norm, action_norm), dataset, config)
+        config = config or BCConfig()
+        # The initial weights come from torch's global RNG: seed it from the trainer's seed,
+        # without disturbing the caller's RNG state, so that one seed is one BC run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            actor = FlowActor(actor_cfg, obs_norm, action_norm)
+        return cls(actor, dataset, config)
 
     @property
     def actor_ema(self) -> FlowActor:

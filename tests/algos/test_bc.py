@@ -131,6 +131,30 @@ def _small_trainer(seed=0):
     )
 
 
+def test_one_seed_is_one_bc_run_whatever_the_global_rng():
+    """from_dataset seeds the actor's initial weights from BCConfig.seed (the main job's
+    BC start once differed between two runs of the same config), and leaves the caller's
+    global RNG state alone."""
+    torch.manual_seed(123)
+    first = _small_trainer()
+    first.learn(5, progress_bar=False)
+    after = torch.rand(1)
+    torch.manual_seed(456)  # another global state: must not matter
+    second = _small_trainer()
+    second.learn(5, progress_bar=False)
+    for a, b in zip(
+        first.actor.state_dict().values(), second.actor.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert first.losses == second.losses
+    other = _small_trainer(seed=1)
+    assert not torch.equal(
+        next(iter(first.actor.parameters())), next(iter(other.actor.parameters()))
+    )
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1))  # building and training drew nothing globally
+
+
 def test_resume_reproduces_the_next_steps_exactly(tmp_path):
     bc = _small_trainer()
     bc.learn(5, progress_bar=False)

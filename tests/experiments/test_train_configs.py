@@ -202,11 +202,15 @@ def test_experiment_bundles_compose():
     assert (cfg.env.id, cfg.n_envs, cfg.algo.critic_warmup_updates) == ("Hopper-v5", 4, 5)
     assert cfg.stages == ["bc", "finetune"] and cfg.output_dir == "outputs/main"
     assert Path(ROOT / cfg.dataset.path).is_file()  # the shipped dataset
+    # The fine-tuning recipe the README measures: narrower noise bounds, small steps.
+    recipe = (cfg.policy.sigma_min, cfg.policy.sigma_max, cfg.algo.learning_rate)
+    assert recipe == (0.05, 0.12, 1e-4) and cfg.algo.target_kl == 0.01
     for env in ("hopper", "walker2d", "halfcheetah", "ant"):
         cfg = TRAIN.as_train_config(config("experiment=pipeline_medium", f"env={env}", "seed=2"))
         assert cfg.stages == ["dataset", "bc", "finetune"] and cfg.algo.name == "reinflow"
         assert cfg.output_dir == f"outputs/pipeline/{env}_medium/reinflow/seed2"
         assert cfg.pretrain_dir == f"outputs/pretrain/{env}/medium_seed0"  # shared by seeds
+        assert (cfg.policy.sigma_min, cfg.policy.sigma_max, cfg.algo.learning_rate) == recipe
 
 
 def test_configs_from_python():

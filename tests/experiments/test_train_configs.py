@@ -202,15 +202,33 @@ def test_experiment_bundles_compose():
     assert (cfg.env.id, cfg.n_envs, cfg.algo.critic_warmup_updates) == ("Hopper-v5", 4, 5)
     assert cfg.stages == ["bc", "finetune"] and cfg.output_dir == "outputs/main"
     assert Path(ROOT / cfg.dataset.path).is_file()  # the shipped dataset
-    # The fine-tuning recipe the README measures: narrower noise bounds, small steps.
-    recipe = (cfg.policy.sigma_min, cfg.policy.sigma_max, cfg.algo.learning_rate)
-    assert recipe == (0.05, 0.12, 1e-4) and cfg.algo.target_kl == 0.01
+
+    # The recipe the README measures (configs/recipe/reinflow_mujoco.yaml): a width-128 BC
+    # actor, narrower noise bounds than FlowPolicy's, small steps, a long horizon; both bundles
+    # take it.
+    def recipe(cfg):
+        return (
+            cfg.bc.actor["width"],
+            cfg.n_envs,
+            cfg.algo.n_steps,
+            cfg.policy.sigma_min,
+            cfg.policy.sigma_max,
+            cfg.algo.learning_rate,
+            cfg.algo.target_kl,
+            cfg.algo.gamma,
+            cfg.algo.gae_lambda,
+        )
+
+    assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)
     for env in ("hopper", "walker2d", "halfcheetah", "ant"):
         cfg = TRAIN.as_train_config(config("experiment=pipeline_medium", f"env={env}", "seed=2"))
         assert cfg.stages == ["dataset", "bc", "finetune"] and cfg.algo.name == "reinflow"
         assert cfg.output_dir == f"outputs/pipeline/{env}_medium/reinflow/seed2"
         assert cfg.pretrain_dir == f"outputs/pretrain/{env}/medium_seed0"  # shared by seeds
-        assert (cfg.policy.sigma_min, cfg.policy.sigma_max, cfg.algo.learning_rate) == recipe
+        assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)
+    # The recipe alone, on any run; the command line still wins over it.
+    cfg = TRAIN.as_train_config(config("+recipe=reinflow_mujoco", "env=walker2d", "n_envs=8"))
+    assert recipe(cfg) == (128, 8, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)
 
 
 def test_configs_from_python():

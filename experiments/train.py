@@ -138,6 +138,7 @@ class ReinFlowConfig(OnPolicyConfig):
     critic_learning_rate: float = 1e-3  # value net
     bc_coef: float = 0.0  # W2 regularizer towards the starting flow (0: off)
     critic_warmup_updates: int = 0  # first updates train the value net only
+    critic_full_epochs: bool = False  # the value net trains all n_epochs past a target_kl stop
     sigma_max_final: float | None = None  # sigma_max at the end (null: constant)
     sigma_hold_fraction: float = 0.5  # share of training sigma_max is held before decaying
     log_prob_reduction: str = "sum"  # "sum": exact chain likelihood; "mean": divided by K Da

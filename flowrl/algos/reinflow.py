@@ -63,7 +63,11 @@ class ReinFlow(OnPolicyAlgorithm):
         vf_coef: Weight of the value loss.
         bc_coef: Weight of the W2 regularizer towards the pretrained flow (0 disables it).
         max_grad_norm: Gradient-norm clip, applied to actor and critic separately.
-        target_kl: Stop the update's epochs once approx. KL exceeds 1.5·target_kl.
+        target_kl: Stop the actor's epochs once approx. KL exceeds 1.5·target_kl.
+        critic_full_epochs: When target_kl stops the actor, the value net still trains for
+            the rest of the ``n_epochs`` (False: it stops with the actor, as in SB3's PPO).
+            The KL stop guards the policy's trust region; the value regression needs no
+            such guard, and cutting it short leaves the critic under-fitted.
         critic_warmup_updates: First updates that train only the value net: a pretrained
             actor should not follow advantages from a critic that has not seen it yet.
         sigma_max_final: σ_max at the end of training (None keeps σ_max constant).
@@ -109,6 +113,7 @@ class ReinFlow(OnPolicyAlgorithm):
         bc_coef: float = 0.0,
         max_grad_norm: float = 0.5,
         target_kl: float | None = None,
+        critic_full_epochs: bool = False,
         critic_warmup_updates: int = 0,
         sigma_max_final: float | None = None,
         sigma_hold_fraction: float = 0.5,
@@ -160,6 +165,7 @@ class ReinFlow(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.bc_coef = bc_coef
         self.target_kl = target_kl
+        self.critic_full_epochs = critic_full_epochs
         self.critic_warmup_updates = critic_warmup_updates
         self._updates_done = 0
         self.sigma_max_final = sigma_max_final
@@ -420,92 +426,112 @@ class ReinFlow(OnPolicyAlgorithm):
         first_deviation = first_ratio = sigma_mean = float("nan")
         first_order = np.random.permutation(self.rollout_buffer.buffer_size * self.n_envs)
         sampler_error = self._refresh_old_log_probs(first_order)
-        warming_up = self._updates_done < self.critic_warmup_updates
+        # The actor steps unless the critic is warming up or target_kl has stopped it; the
+        # critic steps on every minibatch of every epoch the loop runs.
+        actor_on = self._updates_done >= self.critic_warmup_updates
         self._updates_done += 1
-        continue_training = True
+        stop = False
         epoch = 0
         for epoch in range(self.n_epochs):  # noqa: B007 (logged after the loop)
             order = first_order if epoch == 0 else None
             for batch_index, batch in enumerate(self.rollout_buffer.get(self.batch_size, order)):
-                obs, chains = batch.observations, batch.chains
-                log_prob, entropy, values = self.policy.evaluate_chain(obs, chains)
-                log_ratio = self._log_ratio(log_prob, batch.old_log_prob)
-                ratio = torch.exp(log_ratio)
-                if epoch == 0 and batch_index == 0:
-                    first_deviation = self._check_first_ratio(ratio.detach())
-                    first_ratio = float(ratio.detach().mean())
-                    sigma_mean = self._sigma_mean(obs)
-
-                advantages = batch.advantages
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                pg_loss = -torch.min(
-                    advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-                ).mean()
+                obs = batch.observations
+                # The first minibatch is scored even when the actor is off: its ratio check
+                # (ratio = 1 before any step) guards every update.
+                if actor_on or (epoch == 0 and batch_index == 0):
+                    actor_loss, values, approx_kl, ratio = self._actor_terms(
+                        batch, clip_range, stats
+                    )
+                    if epoch == 0 and batch_index == 0:
+                        first_deviation = self._check_first_ratio(ratio)
+                        first_ratio = float(ratio.mean())
+                        sigma_mean = self._sigma_mean(obs)
+                    kl_limit = None if self.target_kl is None else 1.5 * self.target_kl
+                    if actor_on and kl_limit is not None and approx_kl > kl_limit:
+                        actor_on = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
+                        if not self.critic_full_epochs:
+                            stop = True
+                            break
+                else:
+                    values = self.policy.predict_values(obs).flatten()
 
                 if clip_range_vf is not None:
                     values = batch.old_values + (values - batch.old_values).clamp(
                         -clip_range_vf, clip_range_vf
                     )
                 value_loss = torch.nn.functional.mse_loss(batch.returns, values)
-
-                if self.log_prob_reduction == "mean":
-                    entropy = entropy / (self.policy.num_steps * self.action_space.shape[0])  # type: ignore[index]
-                entropy_loss = -entropy.mean()
-                bc_loss = (
-                    self.policy.bc_regularizer(obs).mean()
-                    if self.bc_coef > 0
-                    else pg_loss.new_zeros(())
-                )
-                loss = (
-                    pg_loss
-                    + self.ent_coef * entropy_loss
-                    + self.vf_coef * value_loss
-                    + self.bc_coef * bc_loss
-                )
-                if warming_up:
-                    loss = self.vf_coef * value_loss
+                stats["value"].append(value_loss.item())
+                loss = self.vf_coef * value_loss
+                if actor_on:
+                    loss = loss + actor_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"ReinFlow loss is {loss.item()} (policy {pg_loss.item()}, "
-                        f"value {value_loss.item()}, entropy {entropy_loss.item()}, "
-                        f"bc {bc_loss.item()}); "
-                        "the update was not applied. Check rewards/observations for NaN or "
-                        "extreme values, lower the learning rate, or set log_ratio_clip."
+                        f"ReinFlow loss is {loss.item()} (value {value_loss.item()}, policy "
+                        f"terms {actor_loss.item() if actor_on else 'off'}); the update was not "
+                        "applied. Check rewards/observations for NaN or extreme values, lower "
+                        "the learning rate, or set log_ratio_clip."
                     )
-                with torch.no_grad():
-                    approx_kl = float(((ratio - 1) - log_ratio).mean())
-                stats["pg"].append(pg_loss.item())
-                stats["value"].append(value_loss.item())
-                stats["entropy"].append(entropy_loss.item())
-                stats["bc"].append(bc_loss.item())
-                stats["clip"].append(float(((ratio - 1).abs() > clip_range).float().mean()))
-                stats["kl"].append(approx_kl)
-                stats["ratio"].append(float(ratio.detach().mean()))
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
-                    break
 
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 self.policy.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.policy.optimizer.param_groups for p in g["params"]],
-                    self.max_grad_norm,
-                )
+                if actor_on:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.policy.optimizer.param_groups for p in g["params"]],
+                        self.max_grad_norm,
+                    )
+                    self.policy.optimizer.step()
                 torch.nn.utils.clip_grad_norm_(
                     self.policy.value_net.parameters(), self.max_grad_norm
                 )
-                if not warming_up:
-                    self.policy.optimizer.step()
                 self.policy.critic_optimizer.step()
-            if not continue_training:
+            if stop:
                 break
         self._n_updates += epoch + 1
         self._record(stats, clip_range, first_ratio, first_deviation, sigma_mean)
         self.logger.record("flow/sampler_log_prob_max_error", sampler_error)
+
+    def _actor_terms(
+        self, batch: Any, clip_range: float, stats: dict[str, list[float]]
+    ) -> tuple[Tensor, Tensor, float, Tensor]:
+        """The actor's side of one minibatch: clipped surrogate, entropy and W2 terms.
+
+        Appends this minibatch's policy statistics to ``stats``.
+
+        Returns:
+            ``(actor_loss (), values (B,), approx_kl, ratio (B,) detached)``: the loss the
+            actor steps on (policy + ent_coef·entropy + bc_coef·W2), the value net's
+            predictions from the same pass, and the approximate KL of the ratio.
+        """
+        log_prob, entropy, values = self.policy.evaluate_chain(batch.observations, batch.chains)
+        log_ratio = self._log_ratio(log_prob, batch.old_log_prob)
+        ratio = torch.exp(log_ratio)
+        advantages = batch.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        pg_loss = -torch.min(
+            advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+        ).mean()
+        if self.log_prob_reduction == "mean":
+            entropy = entropy / (self.policy.num_steps * self.action_space.shape[0])  # type: ignore[index]
+        entropy_loss = -entropy.mean()
+        bc_loss = (
+            self.policy.bc_regularizer(batch.observations).mean()
+            if self.bc_coef > 0
+            else pg_loss.new_zeros(())
+        )
+        with torch.no_grad():
+            approx_kl = float(((ratio - 1) - log_ratio).mean())
+        stats["pg"].append(pg_loss.item())
+        stats["entropy"].append(entropy_loss.item())
+        stats["bc"].append(bc_loss.item())
+        stats["clip"].append(float(((ratio - 1).abs() > clip_range).float().mean()))
+        stats["kl"].append(approx_kl)
+        stats["ratio"].append(float(ratio.detach().mean()))
+        actor_loss = pg_loss + self.ent_coef * entropy_loss + self.bc_coef * bc_loss
+        return actor_loss, values, approx_kl, ratio.detach()
 
     def _sigma_mean(self, obs: Tensor) -> float:
         """Mean σ_φ over the grid, the observations and the action dims."""

@@ -514,6 +514,25 @@ def test_sigma_max_final_outside_the_sigma_range_is_refused(final):
         _model(sigma_max_final=final)
 
 
+def test_critic_full_epochs_trains_the_value_net_past_a_kl_stop():
+    """target_kl stops the actor after its first minibatch either way; with
+    critic_full_epochs the value net goes on for both epochs (4 minibatches, not 1)."""
+    trained = {}
+    for full in (False, True):
+        model = _model(n_steps=32, target_kl=1e-6, critic_full_epochs=full)  # 2 x 16 rows
+        model.learn(32)  # one rollout, one update
+        trained[full] = model
+        assert model._n_updates == (2 if full else 1)  # epochs the loop ran
+    stopped, full = trained[False], trained[True]
+    _assert_same_state(_state(stopped.policy.actor), _state(full.policy.actor))
+    _assert_same_state(_state(stopped.policy.noise_net), _state(full.policy.noise_net))
+    critic = _state(full.policy.value_net)
+    assert any(not torch.equal(v, critic[k]) for k, v in _state(stopped.policy.value_net).items())
+    # Adam counts one step per minibatch the critic stepped on.
+    steps = lambda m: max(s["step"] for s in m.policy.critic_optimizer.state.values())  # noqa: E731
+    assert (float(steps(stopped)), float(steps(full))) == (1.0, 4.0)
+
+
 def test_critic_warmup_trains_only_the_value_net():
     model = _model(critic_warmup_updates=2, n_steps=32)
     actor0 = {k: v.clone() for k, v in model.policy.actor.state_dict().items()}

@@ -40,6 +40,9 @@ class LearningCurveCallback(BaseCallback):
       ``predict(deterministic=False)``;
     * ``success_deterministic_rate`` / ``success_stochastic_rate``: share of episodes whose
       last ``info`` says ``is_success`` (only for envs that report it, e.g. MultiGoal-v0).
+    * ``x_velocity_deterministic_mean`` / ``x_velocity_stochastic_mean``: forward speed
+      averaged over every evaluation step (only for envs whose ``info`` has ``x_velocity``,
+      e.g. gymnasium's Hopper, Walker2d, HalfCheetah, Ant).
 
     Returns are the env's own rewards as recorded by a ``Monitor`` wrapper inside the eval
     env (so reward normalization of the training env does not change them).
@@ -138,11 +141,22 @@ class LearningCurveCallback(BaseCallback):
         row: dict[str, float] = {"timesteps": steps}
         for mode in self.modes:
             successes: list[bool] = []
+            velocities: list[float] = []
 
-            def record_success(local: dict, _globals: dict, out: list[bool] = successes) -> None:
+            def record_info(
+                local: dict,
+                _globals: dict,
+                successes: list[bool] = successes,
+                velocities: list[float] = velocities,
+            ) -> None:
+                info = local["info"]
+                # Locomotion envs report the torso's forward speed at every step: it tells a
+                # policy that runs from one that only stays up for the alive bonus.
+                if "x_velocity" in info:
+                    velocities.append(float(info["x_velocity"]))
                 # The env's own success flag at the end of each episode, where it has one.
-                if local["done"] and "is_success" in local["info"]:
-                    out.append(bool(local["info"]["is_success"]))
+                if local["done"] and "is_success" in info:
+                    successes.append(bool(info["is_success"]))
 
             returns, lengths = evaluate_policy(
                 self.model,  # type: ignore[arg-type]
@@ -150,13 +164,15 @@ class LearningCurveCallback(BaseCallback):
                 n_eval_episodes=self.n_eval_episodes,
                 deterministic=mode == "deterministic",
                 return_episode_rewards=True,
-                callback=record_success,
+                callback=record_info,
             )
             row[f"return_{mode}_mean"] = float(np.mean(returns))
             row[f"return_{mode}_std"] = float(np.std(returns))
             row[f"length_{mode}_mean"] = float(np.mean(lengths))
             if successes:
                 row[f"success_{mode}_rate"] = float(np.mean(successes))
+            if velocities:
+                row[f"x_velocity_{mode}_mean"] = float(np.mean(velocities))
         self.eval_seconds += time.perf_counter() - start
         row["time_s"] = time.perf_counter() - self._start
         self.curve.append(row)

@@ -147,3 +147,26 @@ def test_success_rate_where_the_env_reports_it():
     plain = LearningCurveCallback(_venv(), eval_freq=10, n_eval_episodes=2, stochastic=False)
     plain.model = curve.model
     assert not any(k.startswith("success") for k in plain.evaluate())
+
+
+def test_forward_speed_where_the_env_reports_it():
+    class Moving(Steady):
+        """Steady, reporting a forward speed of 0.1·t at step t (mean 0.3 over 5 steps)."""
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = super().step(action)
+            return obs, reward, terminated, truncated, {"x_velocity": 0.1 * self.t}
+
+    model = _ppo(_venv())
+    curve = LearningCurveCallback(
+        make_vec_env(Moving, n_envs=2, seed=3), eval_freq=10, n_eval_episodes=4
+    )
+    curve.model = model
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    row = curve.evaluate()
+    assert row["x_velocity_deterministic_mean"] == pytest.approx(0.3)
+    assert row["x_velocity_stochastic_mean"] == pytest.approx(0.3)
+    # Envs without it get no speed key.
+    plain = LearningCurveCallback(_venv(), eval_freq=10, n_eval_episodes=2)
+    plain.model = model
+    assert not any(k.startswith("x_velocity") for k in plain.evaluate())

@@ -430,30 +430,24 @@ class ReinFlow(OnPolicyAlgorithm):
         # critic steps on every minibatch of every epoch the loop runs.
         actor_on = self._updates_done >= self.critic_warmup_updates
         self._updates_done += 1
+        kl_limit = None if self.target_kl is None else 1.5 * self.target_kl
         stop = False
         epoch = 0
         for epoch in range(self.n_epochs):  # noqa: B007 (logged after the loop)
             order = first_order if epoch == 0 else None
             for batch_index, batch in enumerate(self.rollout_buffer.get(self.batch_size, order)):
                 obs = batch.observations
+                first = epoch == 0 and batch_index == 0
                 # The first minibatch is scored even when the actor is off: its ratio check
                 # (ratio = 1 before any step) guards every update.
-                if actor_on or (epoch == 0 and batch_index == 0):
+                if actor_on or first:
                     actor_loss, values, approx_kl, ratio = self._actor_terms(
                         batch, clip_range, stats
                     )
-                    if epoch == 0 and batch_index == 0:
+                    if first:
                         first_deviation = self._check_first_ratio(ratio)
                         first_ratio = float(ratio.mean())
                         sigma_mean = self._sigma_mean(obs)
-                    kl_limit = None if self.target_kl is None else 1.5 * self.target_kl
-                    if actor_on and kl_limit is not None and approx_kl > kl_limit:
-                        actor_on = False
-                        if self.verbose >= 1:
-                            print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
-                        if not self.critic_full_epochs:
-                            stop = True
-                            break
                 else:
                     values = self.policy.predict_values(obs).flatten()
 
@@ -463,6 +457,13 @@ class ReinFlow(OnPolicyAlgorithm):
                     )
                 value_loss = torch.nn.functional.mse_loss(batch.returns, values)
                 stats["value"].append(value_loss.item())
+                if actor_on and kl_limit is not None and approx_kl > kl_limit:
+                    actor_on = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
+                    if not self.critic_full_epochs:
+                        stop = True
+                        break
                 loss = self.vf_coef * value_loss
                 if actor_on:
                     loss = loss + actor_loss

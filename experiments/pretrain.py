@@ -42,6 +42,10 @@ class DatasetStageConfig:
     teacher: str = "ppo"  # ppo | sac (SB3 defaults otherwise)
     teacher_timesteps: int = 300_000  # teacher training budget for medium / expert
     teacher_n_envs: int = 4
+    # Train the teacher on VecNormalize'd observations and rewards (as the SB3 zoo does on
+    # MuJoCo); the dataset still records raw observations. Off by default so the shipped
+    # Hopper dataset, made without it, stays reproducible.
+    teacher_norm_obs: bool = False
     transitions: int = 50_000  # rows to record
     deterministic: bool = False  # stochastic teacher rollouts, as D4RL's datasets
     minari_id: str | None = None  # also save as this local Minari dataset id
@@ -91,21 +95,54 @@ def _check_quality(quality: str) -> None:
         raise ValueError(f"dataset.quality must be one of {QUALITIES}, got {quality!r}")
 
 
-def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: Path):
-    """The SB3 teacher of a medium/expert dataset, trained once and cached as teacher.zip."""
+class ObsNormalizedTeacher:
+    """A teacher trained on normalized observations, acting on raw ones (SB3's ``predict``).
+
+    Args:
+        model: The SB3 model.
+        normalizer: The ``VecNormalize`` it was trained with; its statistics are frozen here.
+    """
+
+    def __init__(self, model: BaseAlgorithm, normalizer: Any) -> None:
+        self.model = model
+        self.normalizer = normalizer
+        self.normalizer.training = False
+
+    def predict(self, observation: np.ndarray, deterministic: bool = False) -> tuple[Any, Any]:
+        """Action for a raw observation (Do,) or a batch (B, Do)."""
+        obs = self.normalizer.normalize_obs(np.asarray(observation, dtype=np.float32))
+        return self.model.predict(obs, deterministic=deterministic)
+
+
+def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: Path) -> Any:
+    """The SB3 teacher of a medium/expert dataset, trained once and cached as teacher.zip.
+
+    With ``cfg.teacher_norm_obs`` its ``VecNormalize`` statistics are cached beside it
+    (``teacher_vecnormalize.pkl``) and the returned predictor normalizes raw observations.
+    """
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     algos: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
     if cfg.teacher not in algos:
         raise ValueError(f"dataset.teacher must be one of {sorted(algos)}, got {cfg.teacher!r}")
-    path = out / "teacher.zip"
-    if path.exists():
-        return algos[cfg.teacher].load(path, device="cpu")
+    path, stats = out / "teacher.zip", out / "teacher_vecnormalize.pkl"
     n_envs = cfg.teacher_n_envs if cfg.teacher == "ppo" else 1
     venv = make_vec_env(env_id, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
+    if path.exists() and (stats.exists() or not cfg.teacher_norm_obs):
+        teacher = algos[cfg.teacher].load(path, device="cpu")
+        if cfg.teacher_norm_obs:
+            return ObsNormalizedTeacher(teacher, VecNormalize.load(str(stats), venv))
+        return teacher
+    if cfg.teacher_norm_obs:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
     teacher = algos[cfg.teacher]("MlpPolicy", venv, seed=cfg.seed, device="cpu")
     teacher.learn(cfg.teacher_timesteps)
+    if cfg.teacher_norm_obs:
+        venv.save(str(stats))  # before teacher.zip: a teacher.zip always has its statistics
+        teacher.save(path)
+        return ObsNormalizedTeacher(teacher, venv)
     teacher.save(path)
     return teacher
 

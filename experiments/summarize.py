@@ -5,8 +5,14 @@
 Runs are grouped by (algorithm, env, pretrained or not); each group gives the number of seeds,
 the env steps of training, the return at the start (the first evaluation: a BC policy before
 fine-tuning, or a fresh policy) and at the end, as mean ± std over seeds of each seed's
-evaluation mean, and the change. Deterministic and stochastic returns are reported apart.
-Also plots every group's mean curve into one PNG.
+evaluation mean, the change, each seed's final and best evaluation, and the final forward speed
+where the env reports one (``x_velocity``). Deterministic and stochastic returns are reported
+apart. Also plots every group's mean curve into one PNG.
+
+The change is always given as ``final - start``; its percentage only for fine-tuning groups
+(start: BC) whose start return is positive and at least a tenth of the final's magnitude,
+since a relative growth from a start near 0 (a fresh policy, or HalfCheetah's BC start of -3)
+says nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 MODES = ("deterministic", "stochastic")
 PER_RUN = ("seed", "output_dir", "progress_bar", "verbose")  # may differ within a row
+MIN_START_FRACTION = 0.1  # a percentage needs start >= this x |final| (and start > 0)
 
 
 def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
@@ -39,8 +46,7 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
         if "curve" not in result:
             raise ValueError(f"{path} has no learning curve (a run without the finetune stage)")
         config = result["config"]
-        start = "BC" if config["pretrained"] or "bc" in config.get("stages", []) else "scratch"
-        label = f"{config['algo']['name']} ({start}) on {config['env']['id']}"
+        label = f"{config['algo']['name']} ({_start_kind(config)}) on {config['env']['id']}"
         group = groups.setdefault(label, [])
         if group:
             changed = differences(_settings(group[0]["config"]), _settings(config))
@@ -51,6 +57,22 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
                 )
         group.append(result)
     return groups
+
+
+def _start_kind(config: dict[str, Any]) -> str:
+    """The start of a run: "BC" (fine-tunes a pretrained actor) or "scratch"."""
+    return "BC" if config["pretrained"] or "bc" in config.get("stages", []) else "scratch"
+
+
+def change_percent(start: float, final: float, pretrained: bool) -> float | None:
+    """Relative change of a fine-tuning run in %, or None where a percentage says nothing.
+
+    None for runs from scratch and for starts that are not positive or are below
+    ``MIN_START_FRACTION`` of the final's magnitude.
+    """
+    if not pretrained or start <= 0 or start < MIN_START_FRACTION * abs(final):
+        return None
+    return 100 * (final - start) / start
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +96,9 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             finals = [run["final"][key] for run in runs]
             start, start_std = _mean_std(starts)
             final, final_std = _mean_std(finals)
+            pretrained = _start_kind(runs[0]["config"]) == "BC"
+            speed_key = f"x_velocity_{mode}_mean"
+            speeds = [run["final"].get(speed_key) for run in runs]
             rows.append(
                 {
                     "group": label,
@@ -85,7 +110,11 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     "final_mean": final,
                     "final_std": final_std,
                     "final_per_seed": finals,
-                    "change_percent": 100 * (final - start) / abs(start) if start else None,
+                    "best_per_seed": [max(row[key] for row in run["curve"]) for run in runs],
+                    "change": final - start,
+                    "change_percent": change_percent(start, final, pretrained),
+                    # forward speed at the last evaluation (m/s), where every seed logged it
+                    "final_speed_mean": None if None in speeds else float(np.mean(speeds)),
                 }
             )
     return rows
@@ -94,16 +123,22 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table: returns as mean ± std over seeds (each seed: its evaluation mean)."""
     lines = [
-        "| run | policy | seeds | env steps | start | final | change | final per seed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | policy | seeds | env steps | start | final | change | final per seed "
+        "| best per seed | final speed (m/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        change = "—" if r["change_percent"] is None else f"{r['change_percent']:+.0f} %"
+        change = f"{r['change']:+.0f}"
+        if r["change_percent"] is not None:
+            change += f" ({r['change_percent']:+.0f} %)"
         per_seed = ", ".join(f"{v:.0f}" for v in r["final_per_seed"])
+        best = ", ".join(f"{v:.0f}" for v in r["best_per_seed"])
+        speed = "—" if r["final_speed_mean"] is None else f"{r['final_speed_mean']:.2f}"
         lines.append(
             f"| {r['group']} | {r['mode']} | {len(r['seeds'])} | {r['timesteps']} | "
             f"{r['start_mean']:.0f} ± {r['start_std']:.0f} | "
-            f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | {change} | {per_seed} |"
+            f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | {change} | {per_seed} | "
+            f"{best} | {speed} |"
         )
     return "\n".join(lines) + "\n"
 

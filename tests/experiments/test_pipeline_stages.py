@@ -130,3 +130,30 @@ def test_dataset_stage_also_saves_a_minari_dataset(tmp_path, monkeypatch):
     from_npz = OfflineDataset.load_npz(tmp_path / "pre" / "dataset" / "dataset.npz")
     np.testing.assert_array_equal(from_minari.actions, from_npz.actions)
     np.testing.assert_array_equal(from_minari.timeouts, from_npz.timeouts)
+
+
+def test_teacher_on_normalized_observations_records_raw_ones(tmp_path):
+    pre = tmp_path / "pretrain"
+    overrides = [*TINY, "stages=[dataset]", f"pretrain_dir={pre}", "dataset.teacher_n_envs=1"]
+    overrides += ["dataset.teacher_timesteps=256", "dataset.teacher_norm_obs=true"]
+    TRAIN.train(config(*overrides, f"output_dir={tmp_path}/run"))
+    stage = pre / "dataset"
+    assert (stage / "teacher.zip").is_file() and (stage / "teacher_vecnormalize.pkl").is_file()
+    cfg = pretrain.DatasetStageConfig(
+        teacher_timesteps=256, teacher_n_envs=1, teacher_norm_obs=True
+    )
+    teacher = pretrain._train_teacher(cfg, "Pendulum-v1", {"max_episode_steps": 50}, stage)
+    assert isinstance(teacher, pretrain.ObsNormalizedTeacher)  # loaded from the cache
+    stats = teacher.normalizer.obs_rms
+    assert np.abs(stats.mean).max() > 1e-3  # the statistics were learned, not the identity
+    # predict on raw observations = the model on observations normalized by those statistics
+    obs = np.array([[0.5, -0.8, 3.0], [-1.0, 0.0, -6.0]], dtype=np.float32)
+    normalized = np.clip((obs - stats.mean) / np.sqrt(stats.var + 1e-8), -10, 10)
+    want, _ = teacher.model.predict(normalized.astype(np.float32), deterministic=True)
+    got, _ = teacher.predict(obs, deterministic=True)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # the dataset holds raw Pendulum observations: |cos|, |sin| <= 1 and |theta_dot| <= 8
+    data = OfflineDataset.load_npz(stage / "dataset.npz")
+    assert np.abs(data.observations[:, :2]).max() <= 1.0 + 1e-6
+    assert np.abs(data.observations[:, 2]).max() <= 8.0 + 1e-6
+    assert np.abs(data.observations[:, 2]).max() > 1.0  # not squashed by the normalizer

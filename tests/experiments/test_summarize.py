@@ -7,7 +7,7 @@ import pytest
 import summarize
 
 
-def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt"):
+def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mid=None, speed=None):
     folder.mkdir(parents=True)
     config = {
         "algo": {"name": "reinflow", "learning_rate": lr},
@@ -18,28 +18,46 @@ def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt"):
         "stages": ["finetune"],
     }
     row = lambda t, r: {"timesteps": t, "return_deterministic_mean": r}  # noqa: E731
-    result = {"config": config, "timesteps": 1000, "curve": [row(0, start), row(1000, final)]}
+    curve = [row(0, start)] + ([row(500, mid)] if mid is not None else []) + [row(1000, final)]
+    if speed is not None:
+        curve[-1]["x_velocity_deterministic_mean"] = speed
+    result = {"config": config, "timesteps": 1000, "curve": curve}
     result["final"] = result["curve"][-1]
     (folder / "results.json").write_text(json.dumps(result))
     return folder
 
 
 def test_rows_average_seeds_and_report_the_change(tmp_path):
-    runs = [_run(tmp_path / "a", 0, final=150), _run(tmp_path / "b", 1, final=250)]
+    runs = [
+        _run(tmp_path / "a", 0, final=150, mid=300, speed=1.0),
+        _run(tmp_path / "b", 1, final=250, speed=2.0),
+    ]
     runs.append(_run(tmp_path / "c", 0, start=10, final=20, pretrained=None))
     groups = summarize.load_runs(runs)
     rows = summarize.summarize(groups)
     bc = next(r for r in rows if r["group"] == "reinflow (BC) on Hopper-v5")
     assert bc["seeds"] == [0, 1] and bc["final_mean"] == 200 and bc["final_std"] == 50
-    assert bc["change_percent"] == pytest.approx(100.0)
+    assert bc["change"] == 100 and bc["change_percent"] == pytest.approx(100.0)
+    assert bc["best_per_seed"] == [300, 250] and bc["final_speed_mean"] == pytest.approx(1.5)
     scratch = next(r for r in rows if r["group"] == "reinflow (scratch) on Hopper-v5")
-    assert scratch["final_per_seed"] == [20]
+    assert scratch["final_per_seed"] == [20] and scratch["final_speed_mean"] is None
+    assert scratch["change"] == 10 and scratch["change_percent"] is None  # from scratch: no %
+    table = summarize.markdown(rows)
     assert (
-        "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 200 ± 50 | +100 %"
-        in (summarize.markdown(rows))
+        "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 200 ± 50 | "
+        "+100 (+100 %) | 150, 250 | 300, 250 | 1.50 |" in table
     )
+    assert "| 10 ± 0 | 20 ± 0 | +10 | 20 | 20 | — |" in table
     summarize.plot(groups, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_a_percentage_only_where_the_start_supports_one():
+    assert summarize.change_percent(1000.0, 2000.0, pretrained=True) == pytest.approx(100.0)
+    assert summarize.change_percent(1000.0, 2000.0, pretrained=False) is None  # from scratch
+    assert summarize.change_percent(-3.0, 3281.0, pretrained=True) is None  # start <= 0
+    assert summarize.change_percent(100.0, 3000.0, pretrained=True) is None  # start < final/10
+    assert summarize.change_percent(300.0, 3000.0, pretrained=True) == pytest.approx(900.0)
 
 
 def test_different_configurations_are_not_averaged(tmp_path):

@@ -3,6 +3,8 @@
 Importing this package registers flowrl's gymnasium environments. Batched MJX environments
 live in submodules that import jax on first use (``pip install "flowrl[mjx]"``).
 
+Wrappers: :class:`flowrl.envs.wrappers.ActionChunk` plays a chunk of H actions per step.
+
 Registered ids:
 
 - ``MultiGoal-v0``: :class:`flowrl.envs.multigoal.MultiGoalEnv`, the 2-D multi-goal task of
@@ -12,8 +14,9 @@ Registered ids:
 import gymnasium
 
 from .multigoal import GOALS, MultiGoalEnv, goal_coverage
+from .wrappers import ActionChunk
 
-__all__: list[str] = ["GOALS", "MultiGoalEnv", "goal_coverage"]
+__all__: list[str] = ["GOALS", "ActionChunk", "MultiGoalEnv", "goal_coverage"]
 
 
 def _register(env_id: str, entry_point: str, **kwargs) -> None:

@@ -28,7 +28,14 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from flowrl.algos.bc import BCConfig, FlowBC
-from flowrl.data import OfflineDataset, collect_dataset, random_policy, save_minari
+from flowrl.data import (
+    OfflineDataset,
+    chunk_actions,
+    collect_dataset,
+    random_policy,
+    save_minari,
+)
+from flowrl.envs import ActionChunk
 
 QUALITIES = ("random", "medium", "expert")
 
@@ -200,22 +207,33 @@ def make_dataset(
 
 
 def behaviour_clone(
-    cfg: BCStageConfig, dataset_path: Path, env_id: str, out: Path, progress_bar: bool = True
+    cfg: BCStageConfig,
+    dataset_path: Path,
+    env_id: str,
+    out: Path,
+    progress_bar: bool = True,
+    action_chunk: int = 1,
 ) -> Path:
     """Behaviour-clone a flow actor on the dataset; return the path of ``bc.pt``.
 
     The EMA actor is saved with its normalizers (``FlowActor.load`` restores it); TensorBoard
-    logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt``.
+    logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt``. With
+    ``action_chunk`` H > 1 the actor learns chunks of H actions (:func:`chunk_actions`), for
+    an env wrapped in :class:`~flowrl.envs.ActionChunk`.
     """
-    _claim_stage(out, {"env": env_id, "dataset": str(dataset_path), **asdict(cfg)})
+    settings = {"env": env_id, "dataset": str(dataset_path), **asdict(cfg)}
+    if action_chunk > 1:  # only then, so folders made before chunking existed stay valid
+        settings["action_chunk"] = action_chunk
+    _claim_stage(out, settings)
     path = out / "bc.pt"
     if path.exists():
         return path
-    data = OfflineDataset.load_npz(dataset_path)
+    data = chunk_actions(OfflineDataset.load_npz(dataset_path), action_chunk)
+    env = gym.make(env_id)
+    if action_chunk > 1:
+        env = ActionChunk(env, action_chunk)
     start = time.time()
-    bc = FlowBC.from_dataset(
-        data, env=gym.make(env_id), actor_config=dict(cfg.actor), config=cfg.train
-    )
+    bc = FlowBC.from_dataset(data, env=env, actor_config=dict(cfg.actor), config=cfg.train)
     bc.learn(
         tensorboard_log=out / "tb", checkpoint_path=out / "trainer.ckpt", progress_bar=progress_bar
     )

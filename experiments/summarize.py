@@ -80,6 +80,11 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in PER_RUN}
 
 
+def _env_steps(record: dict[str, Any]) -> int:
+    """Env steps of a result or curve row (runs from before chunking knew only timesteps)."""
+    return int(record.get("env_steps", record["timesteps"]))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
@@ -104,7 +109,7 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     "group": label,
                     "mode": mode,
                     "seeds": sorted(run["config"]["seed"] for run in runs),
-                    "timesteps": int(np.mean([run["timesteps"] for run in runs])),
+                    "timesteps": int(np.mean([_env_steps(run) for run in runs])),
                     "start_mean": start,
                     "start_std": start_std,
                     "final_mean": final,
@@ -151,7 +156,7 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
         if key not in runs[0]["final"]:
             continue
         length = min(len(run["curve"]) for run in runs)
-        steps = [row["timesteps"] for row in runs[0]["curve"][:length]]
+        steps = [_env_steps(row) for row in runs[0]["curve"][:length]]
         values = np.array([[row[key] for row in run["curve"][:length]] for run in runs])
         ax.plot(steps, values.mean(0), marker="o", label=f"{label} ({len(runs)} seeds)")
         ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15)

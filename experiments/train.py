@@ -51,6 +51,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from flowrl.callbacks import LearningCurveCallback
+from flowrl.envs import ActionChunk
 
 from pretrain import (
     BCStageConfig,
@@ -294,6 +295,11 @@ class EnvConfig:
     # gymnasium id of the evaluation env; null: `id`. MJX configs evaluate on the classic
     # MuJoCo task their port reproduces (parity-tested), one env, no compile.
     eval_id: str | None = None
+    # Actions per decision (flowrl.envs.ActionChunk): the policy emits H actions at once and
+    # the env plays them in turn, as DPPO/ReinFlow do (Hopper: 4). The BC stage clones
+    # chunks of the dataset's actions; algo.gamma is then the discount per decision, and
+    # total_timesteps / eval.freq stay in env steps.
+    action_chunk: int = 1
 
 
 @dataclass
@@ -387,6 +393,10 @@ def check_compatible(cfg: TrainConfig) -> None:
             "stages includes bc, which makes the pretrained actor: drop pretrained=, or drop "
             "bc from stages to fine-tune a given checkpoint"
         )
+    if cfg.env.action_chunk < 1:
+        raise ValueError(f"env.action_chunk must be >= 1, got {cfg.env.action_chunk}")
+    if cfg.env.action_chunk > 1 and cfg.env.vec_env == "mjx":
+        raise ValueError("env.action_chunk > 1 is for gymnasium envs; MJX envs play one action")
     if cfg.policy.kind not in cfg.algo.policies:
         choices = " or ".join(f"policy={kind}" for kind in cfg.algo.policies)
         raise ValueError(
@@ -455,12 +465,15 @@ def make_vec_env_from_config(
         kwargs = make_kwargs(env_cfg)
         if mjx_eval:  # the MJX task's own kwargs do not apply; its time limit does
             kwargs = {k: v for k, v in kwargs.items() if k == "max_episode_steps"}
+        chunk = env_cfg.action_chunk
         venv = make_vec_env(
             env_cfg.id if training else (env_cfg.eval_id or env_cfg.id),
             n_envs=n_envs,
             seed=seed,
             env_kwargs=kwargs,
             vec_env_cls=DummyVecEnv if mjx_eval else classes[env_cfg.vec_env],
+            # outside the Monitor, which so records episodes in env steps
+            wrapper_class=(lambda env: ActionChunk(env, chunk)) if chunk > 1 else None,
         )
     norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
     if norm_reward or env_cfg.norm_obs:
@@ -512,7 +525,7 @@ def save_curve_plot(
     curve: list[dict[str, float]], path: str | os.PathLike[str], title: str
 ) -> None:
     """Plot returns against env steps: deterministic mean ± std, stochastic mean."""
-    steps = [row["timesteps"] for row in curve]
+    steps = [row["env_steps"] for row in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     if "return_deterministic_mean" in curve[0]:
         mean = np.array([row["return_deterministic_mean"] for row in curve])
@@ -584,9 +597,12 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False, training=False
     )
     model = build_model(cfg, venv)
+    # SB3 counts decisions; one decision plays action_chunk env steps (fewer at an episode's
+    # end), so the budget and the evaluation period in env steps are divided by it.
+    chunk = cfg.env.action_chunk
     curve = LearningCurveCallback(
         eval_env,
-        eval_freq=cfg.eval.freq,
+        eval_freq=max(1, cfg.eval.freq // chunk),
         n_eval_episodes=cfg.eval.episodes,
         deterministic=cfg.eval.deterministic,
         stochastic=cfg.eval.stochastic,
@@ -595,7 +611,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     )
     start = time.perf_counter()
     model.learn(
-        cfg.total_timesteps,
+        -(-cfg.total_timesteps // chunk),
         callback=curve,
         tb_log_name=cfg.algo.name,
         progress_bar=cfg.progress_bar,
@@ -611,6 +627,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     train_seconds = max(wall - curve.eval_seconds, 1e-9)
     results.update(
         timesteps=int(model.num_timesteps),
+        env_steps=int(curve.env_steps or 0),
         start=curve.curve[0] if cfg.eval.at_start else None,
         final=curve.last,
         wall_time_s=wall,
@@ -621,7 +638,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     _write_results(out, results)
     venv.close()
     eval_env.close()
-    print(f"{out}: {model.num_timesteps} steps in {wall:.0f} s", flush=True)
+    print(f"{out}: {results['env_steps']} env steps in {wall:.0f} s", flush=True)
     print(_summary(cfg, results), flush=True)
     return results
 
@@ -647,7 +664,9 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
     }
     if "bc" not in cfg.stages:
         return cfg.pretrained
-    path = behaviour_clone(cfg.bc, dataset_path, cfg.env.id, root / "bc", cfg.progress_bar)
+    path = behaviour_clone(
+        cfg.bc, dataset_path, cfg.env.id, root / "bc", cfg.progress_bar, cfg.env.action_chunk
+    )
     results["bc"] = {"path": str(path), "steps": cfg.bc.train.steps}
     return str(path)
 
@@ -677,10 +696,10 @@ def _summary(cfg: TrainConfig, results: dict[str, Any]) -> str:
             before = f"{start[key]:.0f} ± {start[f'return_{mode}_std']:.0f}"
             lines.append(
                 f"{mode}: start {before} -> {cfg.algo.name} {after} "
-                f"after {results['timesteps']} env steps ({final[key] - start[key]:+.0f})"
+                f"after {results['env_steps']} env steps ({final[key] - start[key]:+.0f})"
             )
         else:
-            lines.append(f"{mode}: {cfg.algo.name} {after} after {results['timesteps']} env steps")
+            lines.append(f"{mode}: {cfg.algo.name} {after} after {results['env_steps']} env steps")
     return "\n".join(lines)
 
 

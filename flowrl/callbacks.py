@@ -32,7 +32,11 @@ class LearningCurveCallback(BaseCallback):
     Each evaluation appends one row to :attr:`curve` and writes the same numbers to SB3's
     logger (TensorBoard, stdout, …) under ``eval/``:
 
-    * ``timesteps``: env steps of training so far (all training envs together);
+    * ``timesteps``: SB3's ``num_timesteps``, steps of training so far (all training envs
+      together): env steps, or decisions of a policy acting in chunks;
+    * ``env_steps``: env steps of training so far, from ``info["env_steps"]`` where the env
+      reports it (:class:`flowrl.envs.ActionChunk` does: H per decision), else one per step;
+      a model's steps from before this callback first trained count one each;
     * ``time_s``: seconds since training started (evaluations included);
     * ``return_deterministic_mean`` / ``_std``, ``length_deterministic_mean``: episodes of
       ``predict(deterministic=True)``;
@@ -97,6 +101,7 @@ class LearningCurveCallback(BaseCallback):
         self._start = time.perf_counter()
         self._next_eval = self.eval_freq
         self._last_eval_step: int | None = None
+        self.env_steps: int | None = None  # set when training starts
 
     # ------------------------------------------------------------------ SB3 hooks
 
@@ -113,10 +118,15 @@ class LearningCurveCallback(BaseCallback):
     def _on_training_start(self) -> None:
         self._start = time.perf_counter()
         self._next_eval = (self.model.num_timesteps // self.eval_freq + 1) * self.eval_freq
+        if self.env_steps is None:
+            self.env_steps = int(self.model.num_timesteps)
         if self.evaluate_at_start:
             self.evaluate()
 
     def _on_step(self) -> bool:
+        # An env that plays several steps per decision says how many (ActionChunk).
+        infos = self.locals.get("infos", [])
+        self.env_steps = (self.env_steps or 0) + sum(int(i.get("env_steps", 1)) for i in infos)
         if self.num_timesteps >= self._next_eval:
             self.evaluate()
             self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
@@ -138,7 +148,8 @@ class LearningCurveCallback(BaseCallback):
         start = time.perf_counter()
         self._sync_normalization()
         steps = int(self.model.num_timesteps)
-        row: dict[str, float] = {"timesteps": steps}
+        env_steps = steps if self.env_steps is None else self.env_steps
+        row: dict[str, float] = {"timesteps": steps, "env_steps": env_steps}
         for mode in self.modes:
             successes: list[bool] = []
             velocities: list[float] = []
@@ -178,7 +189,7 @@ class LearningCurveCallback(BaseCallback):
         self.curve.append(row)
         self._last_eval_step = steps
         for key, value in row.items():
-            if key not in ("timesteps", "time_s"):
+            if key not in ("timesteps", "time_s"):  # env_steps: on TensorBoard too
                 self.logger.record(f"eval/{key}", value)
         self.logger.record("time/total_timesteps", steps, exclude="tensorboard")
         self.logger.dump(steps)

@@ -170,3 +170,28 @@ def test_forward_speed_where_the_env_reports_it():
     plain = LearningCurveCallback(_venv(), eval_freq=10, n_eval_episodes=2)
     plain.model = model
     assert not any(k.startswith("x_velocity") for k in plain.evaluate())
+
+
+def test_env_steps_count_the_steps_of_action_chunks():
+    from flowrl.envs import ActionChunk
+
+    # Chunks of 2 actions on 5-step episodes: decisions of 2, 2, 1 env steps per episode.
+    chunked = make_vec_env(Steady, n_envs=2, seed=0, wrapper_class=lambda e: ActionChunk(e, 2))
+    model = _ppo(chunked)
+    curve = LearningCurveCallback(
+        make_vec_env(Steady, seed=100, wrapper_class=lambda e: ActionChunk(e, 2)),
+        eval_freq=6,
+        n_eval_episodes=2,
+    )
+    model.learn(30, callback=curve)  # 2 envs x 16 decisions = 32 decisions
+    last = curve.curve[-1]
+    assert last["timesteps"] == 32
+    # per env 16 decisions = 5 full episodes (3 decisions, 5 steps) + one of 2 steps + 2
+    assert last["env_steps"] == 2 * (5 * EPISODE + 2) == 54
+    assert curve.curve[0]["env_steps"] == 0
+    # episode lengths in env steps: the Monitor sits inside the chunk wrapper
+    assert last["length_deterministic_mean"] == EPISODE
+    # plain envs: one env step per step
+    plain = LearningCurveCallback(_venv(seed=5), eval_freq=8, n_eval_episodes=1)
+    _ppo(_venv(n_envs=2)).learn(16, callback=plain)
+    assert all(row["env_steps"] == row["timesteps"] for row in plain.curve)

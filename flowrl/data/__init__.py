@@ -6,10 +6,13 @@
   only imported when they are called).
 * :func:`collect_dataset` records a policy's rollouts (an SB3 teacher, a function or
   :func:`random_policy`) as a dataset.
+* :func:`chunk_actions` turns per-step actions into chunks of H (for policies that act in
+  chunks, :class:`flowrl.envs.ActionChunk`).
 * :class:`Normalizer` is the per-feature affine scaling that travels inside checkpoints.
 * :mod:`flowrl.data.toy` has 2-D Gaussian mixtures for demos and tests.
 """
 
+from flowrl.data.chunks import chunk_actions
 from flowrl.data.collect import CollectedData, collect_dataset, random_policy
 from flowrl.data.datasets import KEYS, OfflineDataset, load_dataset
 from flowrl.data.minari_io import load_minari, save_minari
@@ -29,6 +32,7 @@ __all__ = [
     "Normalizer",
     "OfflineDataset",
     "assign_modes",
+    "chunk_actions",
     "collect_dataset",
     "load_dataset",
     "load_minari",

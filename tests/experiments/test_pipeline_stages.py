@@ -157,3 +157,25 @@ def test_teacher_on_normalized_observations_records_raw_ones(tmp_path):
     assert np.abs(data.observations[:, :2]).max() <= 1.0 + 1e-6
     assert np.abs(data.observations[:, 2]).max() <= 8.0 + 1e-6
     assert np.abs(data.observations[:, 2]).max() > 1.0  # not squashed by the normalizer
+
+
+def test_pipeline_with_action_chunks(tmp_path):
+    pre = tmp_path / "pretrain"
+    overrides = [*TINY, "stages=[dataset,bc,finetune]", "dataset.quality=random"]
+    overrides += [f"pretrain_dir={pre}", "env.action_chunk=2", f"output_dir={tmp_path}/run"]
+    results = TRAIN.train(config(*overrides))
+    actor = FlowActor.load(pre / "bc" / "bc.pt")
+    assert actor.config.action_dim == 2  # two 1-D Pendulum actions per decision
+    assert json.loads((pre / "bc" / "stage.json").read_text())["action_chunk"] == 2
+    # total_timesteps and eval.freq are env steps: 128 env steps = 64 decisions
+    assert results["timesteps"] == 64 and results["env_steps"] == 128
+    assert [row["env_steps"] for row in results["curve"]] == [0, 128]
+    model = ReinFlow.load(tmp_path / "run" / "model.zip")
+    assert model.action_space.shape == (2,)
+    # a chunked actor does not fit the plain env: a clear error, not a silent reshape
+    with pytest.raises(ValueError, match="pretrained actor has"):
+        TRAIN.train(
+            config(*TINY, f"pretrained={pre / 'bc' / 'bc.pt'}", f"output_dir={tmp_path}/plain")
+        )
+    with pytest.raises(ValueError, match="env.action_chunk must be >= 1"):
+        TRAIN.train(config(*TINY, "env.action_chunk=0", f"output_dir={tmp_path}/bad"))

@@ -3,7 +3,7 @@
 Importing this package registers flowrl's gymnasium environments. Batched MJX environments
 live in submodules that import jax on first use (``pip install "flowrl[mjx]"``).
 
-Wrappers: :class:`flowrl.envs.wrappers.ActionChunk` plays a chunk of H actions per step.
+Wrappers: :class:`flowrl.envs.wrappers.ActionChunk` plays a chunk of Ta actions per step.
 
 Registered ids:
 

@@ -1,11 +1,11 @@
 """Gymnasium wrappers for flow and diffusion policies.
 
-:class:`ActionChunk` lets a policy act in chunks of ``H`` consecutive actions, the way
+:class:`ActionChunk` lets a policy act in chunks of ``Ta`` consecutive actions, the way
 diffusion and flow policies for robot control usually do (DPPO and ReinFlow fine-tune Hopper
-with chunks of 4): the policy emits one flat vector of ``H`` actions per decision and the
-wrapper plays them one after another. One decision then spans ``H`` env steps, so a
-discount ``gamma`` per decision is ``gamma ** (1 / H)`` per env step, and the credit for a
-reward is assigned over ``H`` times fewer decisions.
+with chunks of 4): the policy emits one flat vector of ``Ta`` actions per decision and the
+wrapper plays them one after another. One decision then spans ``Ta`` env steps, so a
+discount ``gamma`` per decision is ``gamma ** (1 / Ta)`` per env step, and the credit for a
+reward is assigned over ``Ta`` times fewer decisions.
 
 The dataset side of the same idea is :func:`flowrl.data.chunk_actions`, which turns a
 per-step offline dataset into one whose actions are the chunks the wrapper plays.
@@ -37,7 +37,7 @@ class ActionChunk(gymnasium.Wrapper):
 
     Args:
         env: An env with a 1-D ``Box`` action space of Da dimensions.
-        chunk: Actions per decision, H >= 1 (1 plays one action per step, as unwrapped).
+        chunk: Actions per decision, Ta >= 1 (1 plays one action per step, as unwrapped).
 
     Raises:
         ValueError: ``chunk`` < 1, or the action space is not a 1-D ``Box``.

@@ -218,7 +218,7 @@ def behaviour_clone(
 
     The EMA actor is saved with its normalizers (``FlowActor.load`` restores it); TensorBoard
     logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt``. With
-    ``action_chunk`` H > 1 the actor learns chunks of H actions (:func:`chunk_actions`), for
+    ``action_chunk`` Ta > 1 the actor learns chunks of Ta actions (:func:`chunk_actions`), for
     an env wrapped in :class:`~flowrl.envs.ActionChunk`.
     """
     settings = {"env": env_id, "dataset": str(dataset_path), **asdict(cfg)}

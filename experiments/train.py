@@ -295,7 +295,7 @@ class EnvConfig:
     # gymnasium id of the evaluation env; null: `id`. MJX configs evaluate on the classic
     # MuJoCo task their port reproduces (parity-tested), one env, no compile.
     eval_id: str | None = None
-    # Actions per decision (flowrl.envs.ActionChunk): the policy emits H actions at once and
+    # Actions per decision (flowrl.envs.ActionChunk): the policy emits Ta actions at once and
     # the env plays them in turn, as DPPO/ReinFlow do (Hopper: 4). The BC stage clones
     # chunks of the dataset's actions; algo.gamma is then the discount per decision, and
     # total_timesteps / eval.freq stay in env steps.

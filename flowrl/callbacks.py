@@ -35,7 +35,7 @@ class LearningCurveCallback(BaseCallback):
     * ``timesteps``: SB3's ``num_timesteps``, steps of training so far (all training envs
       together): env steps, or decisions of a policy acting in chunks;
     * ``env_steps``: env steps of training so far, from ``info["env_steps"]`` where the env
-      reports it (:class:`flowrl.envs.ActionChunk` does: H per decision), else one per step;
+      reports it (:class:`flowrl.envs.ActionChunk` does: Ta per decision), else one per step;
       a model's steps from before this callback first trained count one each;
     * ``time_s``: seconds since training started (evaluations included);
     * ``return_deterministic_mean`` / ``_std``, ``length_deterministic_mean``: episodes of

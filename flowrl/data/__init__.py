@@ -6,7 +6,7 @@
   only imported when they are called).
 * :func:`collect_dataset` records a policy's rollouts (an SB3 teacher, a function or
   :func:`random_policy`) as a dataset.
-* :func:`chunk_actions` turns per-step actions into chunks of H (for policies that act in
+* :func:`chunk_actions` turns per-step actions into chunks of Ta (for policies that act in
   chunks, :class:`flowrl.envs.ActionChunk`).
 * :class:`Normalizer` is the per-feature affine scaling that travels inside checkpoints.
 * :mod:`flowrl.data.toy` has 2-D Gaussian mixtures for demos and tests.

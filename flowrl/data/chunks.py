@@ -1,6 +1,6 @@
 """Action chunks of an offline dataset: the data side of :class:`flowrl.envs.ActionChunk`.
 
-A policy that acts in chunks of H actions is behaviour-cloned on targets that are the H
+A policy that acts in chunks of Ta actions is behaviour-cloned on targets that are the Ta
 actions the dataset's policy took from each state on. :func:`chunk_actions` builds those
 targets from a per-step dataset in the D4RL layout, without crossing episode boundaries.
 """
@@ -13,7 +13,7 @@ from flowrl.data.datasets import OfflineDataset
 
 
 def chunk_actions(data: OfflineDataset, chunk: int) -> OfflineDataset:
-    """One row per step t whose action is the chunk (a_t, …, a_{t+H-1}) of its episode.
+    """One row per step t whose action is the chunk (a_t, …, a_{t+Ta-1}) of its episode.
 
     Near an episode's end the chunk is padded with the episode's last action; the env
     wrapper drops the padded part anyway, since the episode ends first. The other fields
@@ -24,10 +24,10 @@ def chunk_actions(data: OfflineDataset, chunk: int) -> OfflineDataset:
     Args:
         data: N per-step transitions with ``terminals`` and ``timeouts`` (episodes end where
             either is set; the last row ends the last, possibly unfinished, episode).
-        chunk: H >= 1 (1 returns the data unchanged).
+        chunk: Ta >= 1 (1 returns the data unchanged).
 
     Returns:
-        A dataset of N rows: observations (N, Do), actions (N, H * Da).
+        A dataset of N rows: observations (N, Do), actions (N, Ta * Da).
 
     Raises:
         ValueError: ``chunk`` < 1, or the dataset has no episode flags to find its episodes.
@@ -46,7 +46,7 @@ def chunk_actions(data: OfflineDataset, chunk: int) -> OfflineDataset:
         ends = np.append(ends, n - 1)
     rows = np.arange(n)
     last = ends[np.searchsorted(ends, rows)]  # (N,) the last row of each row's episode
-    # (N, H) row of every action of a chunk, the episode's last one past its end
+    # (N, Ta) row of every action of a chunk, the episode's last one past its end
     index = np.minimum(rows[:, None] + np.arange(chunk)[None, :], last[:, None])
     actions = data.actions[index].reshape(n, chunk * data.action_dim)
     stop = index[:, -1]  # (N,) last real step of each chunk

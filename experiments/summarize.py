@@ -26,6 +26,7 @@ import matplotlib
 import numpy as np
 
 from pretrain import differences
+from train import with_added_options
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -45,7 +46,7 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
         result = json.loads(path.read_text())
         if "curve" not in result:
             raise ValueError(f"{path} has no learning curve (a run without the finetune stage)")
-        config = result["config"]
+        config = result["config"] = with_added_options(result["config"])
         label = f"{config['algo']['name']} ({_start_kind(config)}) on {config['env']['id']}"
         group = groups.setdefault(label, [])
         if group:

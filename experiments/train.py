@@ -545,6 +545,30 @@ def save_curve_plot(
     plt.close(fig)
 
 
+# Options added after results.json files were first written, each with the value that does
+# what runs did before it existed (and the algo it belongs to, None: any): a saved config
+# that lacks one ran with that value, so it still matches a config that has the value.
+ADDED_OPTIONS: dict[str, tuple[Any, str | None]] = {
+    "algo.critic_full_epochs": (False, "reinflow"),
+    "dataset.teacher_norm_obs": (False, None),
+    "env.action_chunk": (1, None),
+}
+
+
+def with_added_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the :data:`ADDED_OPTIONS` it lacks filled in (a copy)."""
+    config = json.loads(json.dumps(config))
+    for dotted, (value, algo) in ADDED_OPTIONS.items():
+        if algo is not None and config.get("algo", {}).get("name") != algo:
+            continue
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(key, value)
+    return config
+
+
 def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The results of a finished run of this config in ``out``; None if there is none.
 
@@ -556,7 +580,8 @@ def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     results = json.loads(path.read_text())
     relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
-    changed = differences(relevant(results.get("config", {})), relevant(config))
+    saved = with_added_options(results.get("config", {}))
+    changed = differences(relevant(saved), relevant(config))
     if changed:
         raise ValueError(
             f"{path} holds a finished run of another config (differs in: {', '.join(changed)}); "

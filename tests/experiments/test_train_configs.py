@@ -275,6 +275,7 @@ def test_tiny_run_writes_everything_and_resumes(tmp_path, capsys):
     assert any((out / "tb").iterdir())
     assert not (out / "vecnormalize.pkl").exists()  # pendulum: no reward normalization
     assert [row["timesteps"] for row in results["curve"]] == [0, 256, 512]
+    assert [row["env_steps"] for row in results["curve"]] == [0, 256, 512]  # one per step
     assert results["timesteps"] == 512 and results["final"] == results["curve"][-1]
     assert np.isfinite(results["final"]["return_deterministic_mean"])
     assert results["steps_per_second"] > 0 and results["wall_time_s"] > results["eval_time_s"]
@@ -295,6 +296,15 @@ def test_tiny_run_writes_everything_and_resumes(tmp_path, capsys):
     changed = config(*TINY_REINFLOW, f"output_dir={out}", "total_timesteps=64", "algo.n_epochs=2")
     with pytest.raises(ValueError, match="differs in: algo.n_epochs, total_timesteps"):
         TRAIN.train(changed)
+
+    # A results.json written before an option existed still matches that option's default
+    # (the behaviour the run had), and only that value.
+    old = json.loads((out / "results.json").read_text())
+    del old["config"]["env"]["action_chunk"], old["config"]["algo"]["critic_full_epochs"]
+    (out / "results.json").write_text(json.dumps(old))
+    assert TRAIN.train(config(*TINY_REINFLOW, f"output_dir={out}")) == old
+    with pytest.raises(ValueError, match="differs in: env.action_chunk"):
+        TRAIN.train(config(*TINY_REINFLOW, f"output_dir={out}", "env.action_chunk=2"))
 
 
 def test_tiny_ppo_run_saves_the_reward_normalizer(tmp_path):

@@ -180,9 +180,11 @@ def main() -> None:
     rows = summarize(groups)
     table = markdown(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(table)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(groups, args.out.with_suffix(".png"))
+    # OUT + suffix, not with_suffix: a name like results_gamma0.995 has no suffix to replace
+    out = {ext: args.out.parent / f"{args.out.name}.{ext}" for ext in ("md", "json", "png")}
+    out["md"].write_text(table)
+    out["json"].write_text(json.dumps(rows, indent=2) + "\n")
+    plot(groups, out["png"])
     print(table)
 
 

@@ -66,3 +66,14 @@ def test_different_configurations_are_not_averaged(tmp_path):
         summarize.load_runs(runs)
     with pytest.raises(FileNotFoundError, match="no results.json"):
         summarize.load_runs([tmp_path / "missing"])
+
+
+def test_command_line_writes_the_three_files_even_for_a_dotted_name(tmp_path, monkeypatch):
+    runs = [str(_run(tmp_path / "a", 0)), str(_run(tmp_path / "b", 1))]
+    out = tmp_path / "docs" / "results_gamma0.995"
+    monkeypatch.setattr("sys.argv", ["summarize.py", *runs, "--out", str(out)])
+    summarize.main()
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / "docs" / f"results_gamma0.995.{ext}").stat().st_size > 0, ext
+    rows = json.loads((tmp_path / "docs" / "results_gamma0.995.json").read_text())
+    assert rows[0]["seeds"] == [0, 1]

@@ -226,6 +226,12 @@ def test_experiment_bundles_compose():
         assert cfg.output_dir == f"outputs/pipeline/{env}_medium/reinflow/seed2"
         assert cfg.pretrain_dir == f"outputs/pretrain/{env}/medium_seed0"  # shared by seeds
         assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)
+    # The README's Hopper 1M table: the recipe with gamma 0.995, on the shipped dataset.
+    cfg = TRAIN.as_train_config(config("experiment=hopper_medium_1m", "seed=3"))
+    assert (cfg.env.id, cfg.stages, cfg.total_timesteps) == ("Hopper-v5", ["bc", "finetune"], 10**6)
+    assert Path(ROOT / cfg.dataset.path).is_file() and cfg.eval.freq == 50_000
+    assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.995, 0.99)
+    assert cfg.output_dir == "outputs/hopper_medium_1m/reinflow/seed3"
     # The recipe alone, on any run; the command line still wins over it.
     cfg = TRAIN.as_train_config(config("+recipe=reinflow_mujoco", "env=walker2d", "n_envs=8"))
     assert recipe(cfg) == (128, 8, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)

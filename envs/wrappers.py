@@ -18,6 +18,8 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from flowrl.data.chunks import check_chunk
+
 MEAN_INFO_KEYS: tuple[str, ...] = ("x_velocity",)
 """``info`` entries reported as their mean over a chunk's env steps (the others: last step's)."""
 
@@ -45,12 +47,10 @@ class ActionChunk(gymnasium.Wrapper):
 
     def __init__(self, env: gymnasium.Env, chunk: int) -> None:
         super().__init__(env)
-        if int(chunk) != chunk or chunk < 1:
-            raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+        self.chunk = check_chunk(chunk)
         space = env.action_space
         if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"ActionChunk needs a 1-D Box action space, got {space}")
-        self.chunk = int(chunk)
         self.step_dim = int(space.shape[0])
         self.action_space = gymnasium.spaces.Box(
             low=np.tile(space.low, self.chunk),

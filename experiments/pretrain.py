@@ -136,12 +136,12 @@ def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: 
         raise ValueError(f"dataset.teacher must be one of {sorted(algos)}, got {cfg.teacher!r}")
     path, stats = out / "teacher.zip", out / "teacher_vecnormalize.pkl"
     n_envs = cfg.teacher_n_envs if cfg.teacher == "ppo" else 1
+    if path.exists() and not cfg.teacher_norm_obs:
+        return algos[cfg.teacher].load(path, device="cpu")
     venv = make_vec_env(env_id, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
-    if path.exists() and (stats.exists() or not cfg.teacher_norm_obs):
+    if path.exists() and stats.exists():  # VecNormalize.load needs the env it wraps
         teacher = algos[cfg.teacher].load(path, device="cpu")
-        if cfg.teacher_norm_obs:
-            return ObsNormalizedTeacher(teacher, VecNormalize.load(str(stats), venv))
-        return teacher
+        return ObsNormalizedTeacher(teacher, VecNormalize.load(str(stats), venv))
     if cfg.teacher_norm_obs:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
     teacher = algos[cfg.teacher]("MlpPolicy", venv, seed=cfg.seed, device="cpu")
@@ -251,6 +251,6 @@ def dataset_returns(path: Path) -> np.ndarray:
     data = OfflineDataset.load_npz(path)
     if data.rewards is None or data.terminals is None or data.timeouts is None:
         raise ValueError(f"{path} has no rewards/terminals/timeouts: cannot split episodes")
-    ends = np.flatnonzero(data.terminals | data.timeouts)
+    ends = data.episode_ends()
     sums = np.add.reduceat(data.rewards, np.concatenate([[0], ends[:-1] + 1]))
     return sums.astype(np.float64)

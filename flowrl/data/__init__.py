@@ -12,7 +12,7 @@
 * :mod:`flowrl.data.toy` has 2-D Gaussian mixtures for demos and tests.
 """
 
-from flowrl.data.chunks import chunk_actions
+from flowrl.data.chunks import check_chunk, chunk_actions
 from flowrl.data.collect import CollectedData, collect_dataset, random_policy
 from flowrl.data.datasets import KEYS, OfflineDataset, load_dataset
 from flowrl.data.minari_io import load_minari, save_minari
@@ -32,6 +32,7 @@ __all__ = [
     "Normalizer",
     "OfflineDataset",
     "assign_modes",
+    "check_chunk",
     "chunk_actions",
     "collect_dataset",
     "load_dataset",

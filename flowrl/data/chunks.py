@@ -12,6 +12,17 @@ import numpy as np
 from flowrl.data.datasets import OfflineDataset
 
 
+def check_chunk(chunk: int) -> int:
+    """``chunk`` as an int, the number of actions per decision Ta.
+
+    Raises:
+        ValueError: ``chunk`` is not an integer >= 1.
+    """
+    if int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    return int(chunk)
+
+
 def chunk_actions(data: OfflineDataset, chunk: int) -> OfflineDataset:
     """One row per step t whose action is the chunk (a_t, …, a_{t+Ta-1}) of its episode.
 
@@ -32,16 +43,11 @@ def chunk_actions(data: OfflineDataset, chunk: int) -> OfflineDataset:
     Raises:
         ValueError: ``chunk`` < 1, or the dataset has no episode flags to find its episodes.
     """
-    if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    chunk = check_chunk(chunk)
     if chunk == 1:
         return data
-    if data.terminals is None or data.timeouts is None:
-        raise ValueError(
-            "chunking actions needs terminals and timeouts, to keep chunks within episodes"
-        )
     n = len(data)
-    ends = np.flatnonzero(data.terminals | data.timeouts)
+    ends = data.episode_ends()
     if ends.size == 0 or ends[-1] != n - 1:
         ends = np.append(ends, n - 1)
     rows = np.arange(n)

@@ -166,6 +166,18 @@ class OfflineDataset:
         """Action dimension Da."""
         return int(self.actions.shape[1])
 
+    def episode_ends(self) -> np.ndarray:
+        """Rows that end an episode (``terminals | timeouts``), shape (E,), ascending.
+
+        A last, unfinished episode (its final row flagged neither way) has no entry.
+
+        Raises:
+            ValueError: The dataset has no ``terminals`` or no ``timeouts``.
+        """
+        if self.terminals is None or self.timeouts is None:
+            raise ValueError("finding episodes needs terminals and timeouts in the dataset")
+        return np.flatnonzero(self.terminals | self.timeouts)
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """Returns the present arrays keyed by their names in :data:`KEYS` (no copies)."""
         return {key: getattr(self, key) for key in KEYS if getattr(self, key) is not None}

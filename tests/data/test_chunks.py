@@ -45,3 +45,10 @@ def test_chunk_one_is_the_data_and_flags_are_needed():
         chunk_actions(bare, 2)
     with pytest.raises(ValueError, match="integer >= 1"):
         chunk_actions(data, 0)
+
+
+def test_episode_ends_are_the_flagged_rows():
+    np.testing.assert_array_equal(_data().episode_ends(), [2, 6])  # row 8 ends nothing yet
+    bare = OfflineDataset(observations=_data().observations, actions=_data().actions)
+    with pytest.raises(ValueError, match="needs terminals and timeouts"):
+        bare.episode_ends()

@@ -60,7 +60,13 @@ class ActionChunk(gymnasium.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Play the chunk (chunk * Da,); see the class docstring for what is returned."""
-        actions = np.asarray(action).reshape(self.chunk, self.step_dim)
+        flat = np.asarray(action)
+        if flat.size != self.chunk * self.step_dim:
+            raise ValueError(
+                f"ActionChunk expects {self.chunk} actions of {self.step_dim} dims, a vector of "
+                f"shape ({self.chunk * self.step_dim},); got shape {flat.shape}"
+            )
+        actions = flat.reshape(self.chunk, self.step_dim)
         total, played = 0.0, 0
         means: dict[str, list[float]] = {}
         for step_action in actions:

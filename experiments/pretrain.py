@@ -146,12 +146,15 @@ def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: 
         venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
     teacher = algos[cfg.teacher]("MlpPolicy", venv, seed=cfg.seed, device="cpu")
     teacher.learn(cfg.teacher_timesteps)
+    # Each file under a temporary name first, the statistics before teacher.zip: an
+    # interrupted save leaves no half-written teacher.zip, and a teacher.zip always has its
+    # statistics beside it.
     if cfg.teacher_norm_obs:
-        venv.save(str(stats))  # before teacher.zip: a teacher.zip always has its statistics
-        teacher.save(path)
-        return ObsNormalizedTeacher(teacher, venv)
-    teacher.save(path)
-    return teacher
+        venv.save(str(out / "teacher_vecnormalize.partial.pkl"))
+        os.replace(out / "teacher_vecnormalize.partial.pkl", stats)
+    teacher.save(out / "teacher.partial.zip")
+    os.replace(out / "teacher.partial.zip", path)
+    return ObsNormalizedTeacher(teacher, venv) if cfg.teacher_norm_obs else teacher
 
 
 def make_dataset(

@@ -52,5 +52,5 @@ def test_bad_chunks_and_spaces_are_refused():
         ActionChunk(gym.make("Pendulum-v1"), 0)
     with pytest.raises(ValueError, match="1-D Box action space"):
         ActionChunk(gym.make("CartPole-v1"), 2)
-    with pytest.raises(ValueError):  # a vector of the wrong length
+    with pytest.raises(ValueError, match=r"expects 2 actions of 1 dims.*got shape \(3,\)"):
         ActionChunk(gym.make("Pendulum-v1"), 2).step(np.zeros(3))

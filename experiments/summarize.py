@@ -6,8 +6,9 @@ Runs are grouped by (algorithm, env, pretrained or not); each group gives the nu
 the env steps of training, the return at the start (the first evaluation: a BC policy before
 fine-tuning, or a fresh policy) and at the end, as mean ± std over seeds of each seed's
 evaluation mean, the change, each seed's final and best evaluation, and the final forward speed
-where the env reports one (``x_velocity``). Deterministic and stochastic returns are reported
-apart. Also plots every group's mean curve into one PNG.
+where the env reports one (``x_velocity``); the JSON also keeps every evaluation (each seed's
+and their mean), to read a table at a smaller budget. Deterministic and stochastic returns are
+reported apart. Also plots every group's mean curve into one PNG.
 
 The change is always given as ``final - start``; its percentage only for fine-tuning groups
 (start: BC) whose start return is positive and at least a tenth of the final's magnitude,
@@ -86,6 +87,17 @@ def _env_steps(record: dict[str, Any]) -> int:
     return int(record.get("env_steps", record["timesteps"]))
 
 
+def seed_curves(runs: list[dict[str, Any]], key: str) -> tuple[list[int], np.ndarray]:
+    """Env steps of the evaluations all seeds reached, and each seed's ``key`` at them.
+
+    Returns ``(steps, values)`` with ``values`` of shape (seeds, evaluations); seeds that
+    stopped early cut the curve to the shortest one.
+    """
+    length = min(len(run["curve"]) for run in runs)
+    steps = [_env_steps(row) for row in runs[0]["curve"][:length]]
+    return steps, np.array([[row[key] for row in run["curve"][:length]] for run in runs])
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
@@ -105,6 +117,7 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             pretrained = _start_kind(runs[0]["config"]) == "BC"
             speed_key = f"x_velocity_{mode}_mean"
             speeds = [run["final"].get(speed_key) for run in runs]
+            steps, values = seed_curves(runs, key)
             rows.append(
                 {
                     "group": label,
@@ -121,6 +134,11 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     "change_percent": change_percent(start, final, pretrained),
                     # forward speed at the last evaluation (m/s), where every seed logged it
                     "final_speed_mean": None if None in speeds else float(np.mean(speeds)),
+                    # every evaluation, so the table can be read at a smaller budget later
+                    "curve": [
+                        {"env_steps": t, "mean": float(v.mean()), "per_seed": v.tolist()}
+                        for t, v in zip(steps, values.T, strict=True)
+                    ],
                 }
             )
     return rows
@@ -156,9 +174,7 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
         key = "return_deterministic_mean"
         if key not in runs[0]["final"]:
             continue
-        length = min(len(run["curve"]) for run in runs)
-        steps = [_env_steps(row) for row in runs[0]["curve"][:length]]
-        values = np.array([[row[key] for row in run["curve"][:length]] for run in runs])
+        steps, values = seed_curves(runs, key)
         ax.plot(steps, values.mean(0), marker="o", label=f"{label} ({len(runs)} seeds)")
         ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15)
     ax.set_xlabel("env steps")

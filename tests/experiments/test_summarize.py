@@ -30,7 +30,7 @@ def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mi
 def test_rows_average_seeds_and_report_the_change(tmp_path):
     runs = [
         _run(tmp_path / "a", 0, final=150, mid=300, speed=1.0),
-        _run(tmp_path / "b", 1, final=250, speed=2.0),
+        _run(tmp_path / "b", 1, final=250, mid=200, speed=2.0),
     ]
     runs.append(_run(tmp_path / "c", 0, start=10, final=20, pretrained=None))
     groups = summarize.load_runs(runs)
@@ -39,6 +39,11 @@ def test_rows_average_seeds_and_report_the_change(tmp_path):
     assert bc["seeds"] == [0, 1] and bc["final_mean"] == 200 and bc["final_std"] == 50
     assert bc["change"] == 100 and bc["change_percent"] == pytest.approx(100.0)
     assert bc["best_per_seed"] == [300, 250] and bc["final_speed_mean"] == pytest.approx(1.5)
+    assert bc["curve"] == [
+        {"env_steps": 0, "mean": 100.0, "per_seed": [100.0, 100.0]},
+        {"env_steps": 500, "mean": 250.0, "per_seed": [300.0, 200.0]},
+        {"env_steps": 1000, "mean": 200.0, "per_seed": [150.0, 250.0]},
+    ]
     scratch = next(r for r in rows if r["group"] == "reinflow (scratch) on Hopper-v5")
     assert scratch["final_per_seed"] == [20] and scratch["final_speed_mean"] is None
     assert scratch["change"] == 10 and scratch["change_percent"] is None  # from scratch: no %
@@ -77,3 +82,16 @@ def test_command_line_writes_the_three_files_even_for_a_dotted_name(tmp_path, mo
         assert (tmp_path / "docs" / f"results_gamma0.995.{ext}").stat().st_size > 0, ext
     rows = json.loads((tmp_path / "docs" / "results_gamma0.995.json").read_text())
     assert rows[0]["seeds"] == [0, 1]
+
+
+def test_the_curve_stops_where_the_shortest_seed_did(tmp_path):
+    full = _run(tmp_path / "a", 0, mid=300, final=150)
+    short = _run(tmp_path / "b", 1, final=250)  # evaluated at 0 and 1000 only
+    result = json.loads((short / "results.json").read_text())
+    result["curve"][1]["timesteps"] = 500  # the same grid, stopped after its second evaluation
+    (short / "results.json").write_text(json.dumps(result))
+    steps, values = summarize.seed_curves(
+        summarize.load_runs([full, short])["reinflow (BC) on Hopper-v5"],
+        "return_deterministic_mean",
+    )
+    assert steps == [0, 500] and values.tolist() == [[100.0, 300.0], [100.0, 250.0]]

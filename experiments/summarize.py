@@ -110,14 +110,13 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             key = f"return_{mode}_mean"
             if key not in runs[0]["final"]:
                 continue
-            starts = [run["curve"][0][key] for run in runs]
+            steps, values = seed_curves(runs, key)
             finals = [run["final"][key] for run in runs]
-            start, start_std = _mean_std(starts)
+            start, start_std = _mean_std(values[:, 0].tolist())  # each seed's first evaluation
             final, final_std = _mean_std(finals)
             pretrained = _start_kind(runs[0]["config"]) == "BC"
             speed_key = f"x_velocity_{mode}_mean"
             speeds = [run["final"].get(speed_key) for run in runs]
-            steps, values = seed_curves(runs, key)
             rows.append(
                 {
                     "group": label,

@@ -1,46 +1,172 @@
-"""Rollout storage for chain policies: SB3's RolloutBuffer plus the denoising chain.
+"""Rollout storage for the on-policy learners: SB3's RolloutBuffer plus named fields.
 
-A flow policy's action is the end of a K-step chain, and its likelihood is that of the
-whole chain, so the buffer keeps the chain (T, E, K+1, Da) next to SB3's usual fields.
-Returns and GAE advantages come from SB3's own ``compute_returns_and_advantage``: flowrl
-has exactly one GAE.
+A flow learner stores, beside SB3's observations, actions, rewards, values and log-probs,
+whatever its ratio needs: ReinFlow the denoising chain (T, E, K+1, Da), PolicyFlow the
+latent, the ODE endpoint, the ratio's times and the old velocities there. One buffer class
+takes the fields as a mapping ``name -> per-step shape``; each field is a float32 array
+``(T, E, *shape)`` reachable as an attribute (``buffer.chains``) and in every minibatch's
+``fields``. Returns and GAE advantages come from SB3's own ``compute_returns_and_advantage``:
+flowrl has exactly one GAE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import NamedTuple
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
-__all__ = ["ChainRolloutBuffer", "ChainRolloutSamples"]
+__all__ = ["ChainRolloutBuffer", "FieldRolloutBuffer", "FieldRolloutSamples"]
+
+_SB3_FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
 
 
-class ChainRolloutSamples(NamedTuple):
-    """A minibatch (M rows) of chain rollouts.
+@dataclass(frozen=True)
+class FieldRolloutSamples:
+    """A minibatch (M rows) of rollout steps.
 
     Attributes:
-        observations: (M, Do) observations the chains were sampled for.
-        chains: (M, K+1, Da) chains in the normalized action box.
+        observations: (M, Do) observations.
+        actions: (M, Da) actions as the policy produced them (normalized, unclipped).
         old_values: (M,) values at rollout time.
-        old_log_prob: (M,) chain log-likelihoods at rollout time.
+        old_log_prob: (M,) log-probabilities of the rollout policy (float64).
         advantages: (M,) GAE advantages.
         returns: (M,) λ-returns (value targets).
+        fields: The learner's fields, each (M, *shape).
     """
 
     observations: torch.Tensor
-    chains: torch.Tensor
+    actions: torch.Tensor
     old_values: torch.Tensor
     old_log_prob: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    fields: dict[str, torch.Tensor]
 
 
-class ChainRolloutBuffer(RolloutBuffer):
-    """SB3 rollout buffer that also stores each step's chain.
+class FieldRolloutBuffer(RolloutBuffer):
+    """SB3 rollout buffer with extra per-step fields.
+
+    Args:
+        buffer_size: T, steps per env per rollout.
+        observation_space: The env's observation space.
+        action_space: The env's action space (Da).
+        fields: Per-step shape of every extra field, e.g. ``{"chains": (K + 1, Da)}``.
+        device: Torch device of sampled minibatches.
+        gae_lambda: GAE λ.
+        gamma: Discount.
+        n_envs: E, parallel envs.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        fields: Mapping[str, tuple[int, ...]],
+        device: torch.device | str = "auto",
+        gae_lambda: float = 1.0,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+    ):
+        clash = set(fields) & {*_SB3_FIELDS, "rewards", "episode_starts"}
+        if clash:
+            raise ValueError(f"field names {sorted(clash)} are SB3's own buffer fields")
+        self.field_shapes = {name: tuple(int(n) for n in shape) for name, shape in fields.items()}
+        super().__init__(
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+        )
+
+    def reset(self) -> None:
+        """Empty the buffer (also allocates the fields)."""
+        for name, shape in self.field_shapes.items():
+            self.__dict__[name] = np.zeros((self.buffer_size, self.n_envs, *shape), np.float32)
+        super().reset()
+        # Chain log-likelihoods are sums of magnitude ~10: float32 storage alone would put
+        # the PPO ratio's resolution above the 1e-6 that the first-minibatch check demands.
+        self.log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float64)
+
+    def add_step(
+        self,
+        obs: np.ndarray,
+        action: torch.Tensor,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: torch.Tensor,
+        log_prob: torch.Tensor,
+        fields: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Store one step of E envs.
+
+        Args:
+            obs: (E, Do) observations.
+            action: (E, Da) actions as the policy produced them.
+            reward: (E,) rewards (truncation bootstrap already added).
+            episode_start: (E,) whether ``obs`` starts an episode.
+            value: (E,) values.
+            log_prob: (E,) log-probabilities.
+            fields: Some or all of the fields, each (E, *shape); the rest stay zero until
+                the update fills them (e.g. quantities scored in the update's layout).
+        """
+        unknown = set(fields) - set(self.field_shapes)
+        if unknown:
+            raise KeyError(f"unknown fields {sorted(unknown)}; this buffer has {self.field_shapes}")
+        for name, data in fields.items():
+            self.__dict__[name][self.pos] = data.detach().cpu().numpy()
+        self.add(obs, action.detach().cpu().numpy(), reward, episode_start, value, log_prob)
+
+    def flatten(self) -> None:
+        """Swap (T, E) into one axis of T·E rows (once per rollout), as SB3's ``get`` does."""
+        assert self.full, "the rollout buffer must be full before sampling"
+        if not self.generator_ready:
+            for name in (*_SB3_FIELDS, *self.field_shapes):
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+
+    def write_rows(self, rows: np.ndarray, values: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite flattened rows of ``log_probs`` and/or fields (after :meth:`flatten`)."""
+        assert self.generator_ready, "flatten() the buffer before writing rows"
+        for name, data in values.items():
+            array = data.detach().cpu().numpy()
+            if name == "log_probs":
+                self.log_probs[rows] = array.reshape(-1, 1)  # (rows, 1)
+            else:
+                self.__dict__[name][rows] = array
+
+    def get(  # type: ignore[override]
+        self, batch_size: int | None = None, indices: np.ndarray | None = None
+    ) -> Generator[FieldRolloutSamples, None, None]:
+        """Yield minibatches of ``batch_size`` rows (all rows if None).
+
+        Args:
+            batch_size: Rows per minibatch.
+            indices: Row order (a permutation of T·E rows); a fresh random one if None.
+        """
+        self.flatten()
+        total = self.buffer_size * self.n_envs
+        batch_size = batch_size or total
+        indices = np.random.permutation(total) if indices is None else indices
+        for start in range(0, total, batch_size):
+            yield self._get_samples(indices[start : start + batch_size])
+
+    def _get_samples(self, batch_inds: np.ndarray, env=None) -> FieldRolloutSamples:  # type: ignore[override]
+        data = (
+            self.observations[batch_inds],
+            self.actions[batch_inds],
+            self.values[batch_inds].flatten(),
+            self.log_probs[batch_inds].flatten(),
+            self.advantages[batch_inds].flatten(),
+            self.returns[batch_inds].flatten(),
+        )
+        fields = {n: self.to_torch(self.__dict__[n][batch_inds]) for n in self.field_shapes}
+        return FieldRolloutSamples(*(self.to_torch(d) for d in data), fields=fields)
+
+
+class ChainRolloutBuffer(FieldRolloutBuffer):
+    """The buffer of chain learners (ReinFlow): one field, ``chains`` (K+1, Da).
 
     Args:
         buffer_size: T, steps per env per rollout.
@@ -67,75 +193,14 @@ class ChainRolloutBuffer(RolloutBuffer):
         n_envs: int = 1,
     ):
         self.num_steps = num_steps
+        action_dim = int(np.prod(action_space.shape))
         super().__init__(
-            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+            buffer_size,
+            observation_space,
+            action_space,
+            {"chains": (num_steps + 1, action_dim)},
+            device,
+            gae_lambda,
+            gamma,
+            n_envs,
         )
-
-    def reset(self) -> None:
-        """Empty the buffer (also allocates the chain array)."""
-        self.chains = np.zeros(
-            (self.buffer_size, self.n_envs, self.num_steps + 1, self.action_dim), dtype=np.float32
-        )
-        super().reset()
-        # Chain log-likelihoods are sums of magnitude ~10: float32 storage alone would put
-        # the PPO ratio's resolution above the 1e-6 that the first-minibatch check demands.
-        self.log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float64)
-
-    def add_chain(
-        self,
-        obs: np.ndarray,
-        chain: torch.Tensor,
-        reward: np.ndarray,
-        episode_start: np.ndarray,
-        value: torch.Tensor,
-        log_prob: torch.Tensor,
-    ) -> None:
-        """Store one step of E envs.
-
-        Args:
-            obs: (E, Do) observations.
-            chain: (E, K+1, Da) sampled chains.
-            reward: (E,) rewards (truncation bootstrap already added).
-            episode_start: (E,) whether ``obs`` starts an episode.
-            value: (E,) values.
-            log_prob: (E,) chain log-likelihoods.
-        """
-        self.chains[self.pos] = chain.detach().cpu().numpy()
-        # SB3's ``actions`` field keeps the final (normalized, unclipped) state a^K.
-        self.add(obs, chain[:, -1].detach().cpu().numpy(), reward, episode_start, value, log_prob)
-
-    def flatten(self) -> None:
-        """Swap (T, E) into one axis of T·E rows (once per rollout), as SB3's ``get`` does."""
-        assert self.full, "the rollout buffer must be full before sampling"
-        if not self.generator_ready:
-            names = ("observations", "chains", "actions", "values", "log_probs", "advantages")
-            for name in (*names, "returns"):
-                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
-            self.generator_ready = True
-
-    def get(  # type: ignore[override]
-        self, batch_size: int | None = None, indices: np.ndarray | None = None
-    ) -> Generator[ChainRolloutSamples, None, None]:
-        """Yield minibatches of ``batch_size`` rows (all rows if None).
-
-        Args:
-            batch_size: Rows per minibatch.
-            indices: Row order (a permutation of T·E rows); a fresh random one if None.
-        """
-        self.flatten()
-        total = self.buffer_size * self.n_envs
-        batch_size = batch_size or total
-        indices = np.random.permutation(total) if indices is None else indices
-        for start in range(0, total, batch_size):
-            yield self._get_samples(indices[start : start + batch_size])
-
-    def _get_samples(self, batch_inds: np.ndarray, env=None) -> ChainRolloutSamples:  # type: ignore[override]
-        data = (
-            self.observations[batch_inds],
-            self.chains[batch_inds],
-            self.values[batch_inds].flatten(),
-            self.log_probs[batch_inds].flatten(),
-            self.advantages[batch_inds].flatten(),
-            self.returns[batch_inds].flatten(),
-        )
-        return ChainRolloutSamples(*(self.to_torch(d) for d in data))

@@ -173,6 +173,19 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return log_density.flatten(1).sum(dim=1)
 
 
+def gaussian_entropy(std: Tensor, dim: int | tuple[int, ...] = -1) -> Tensor:
+    """Entropy of a diagonal Gaussian, Σ ½·log(2πe·σ²), summed over ``dim``.
+
+    Args:
+        std: Standard deviations, positive, any shape.
+        dim: Dimension(s) to sum over (the action dims, and the chain steps for a chain).
+
+    Returns:
+        ``std`` with ``dim`` summed out.
+    """
+    return (0.5 * math.log(2 * math.pi * math.e) + torch.log(std)).sum(dim=dim)
+
+
 def noisy_euler_transition(
     velocity: VelocityFn, std: StdFn, x: Tensor, t: Tensor, dt: Tensor
 ) -> tuple[Tensor, Tensor]:

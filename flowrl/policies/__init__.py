@@ -1,6 +1,15 @@
 """Policies: flow actors with their normalizers, and the SB3 policies that wrap them."""
 
+from flowrl.policies.base import FlowPolicyBase, check_spaces
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
-from flowrl.policies.flow_policy import FlowPolicy, check_spaces
+from flowrl.policies.flow_policy import FlowPolicy
+from flowrl.policies.policyflow import PolicyFlowPolicy
 
-__all__ = ["FlowActor", "FlowActorConfig", "FlowPolicy", "check_spaces"]
+__all__ = [
+    "FlowActor",
+    "FlowActorConfig",
+    "FlowPolicy",
+    "FlowPolicyBase",
+    "PolicyFlowPolicy",
+    "check_spaces",
+]

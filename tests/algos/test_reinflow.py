@@ -196,7 +196,8 @@ def test_log_ratio_reduction_and_clip():
     torch.testing.assert_close(summed, new)
     mean = _model(K=4, log_prob_reduction="mean")._log_ratio(new, old)  # ÷ K·Da = 4
     torch.testing.assert_close(mean, new / 4)
-    clipped = _model(K=4, log_prob_reduction="mean", log_ratio_clip=0.5)._log_ratio(new, old)
+    model = _model(K=4, log_prob_reduction="mean", log_ratio_clip=0.5)
+    clipped = model._clip_log_ratio(model._log_ratio(new, old))
     torch.testing.assert_close(clipped, torch.tensor([0.5, -0.5, 0.2, 0.0], dtype=torch.float64))
 
 

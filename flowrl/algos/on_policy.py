@@ -1,0 +1,689 @@
+"""The on-policy core: one PPO update for every flow and diffusion policy-gradient learner.
+
+A learner (``ReinFlow``, ``PolicyFlow``, …) subclasses :class:`OnPolicyCore` and defines
+only what its paper changes:
+
+(a) what one rollout step stores beside SB3's fields — :meth:`~OnPolicyCore._rollout_fields`
+    and :meth:`~OnPolicyCore._act`;
+(b) its per-sample log-ratio on a minibatch — :meth:`~OnPolicyCore._policy_terms`, which
+    also returns
+(c) its extra loss terms (entropy estimate, regularizers);
+
+plus :meth:`~OnPolicyCore._score_old`, the rollout policy's quantities scored in the update's
+minibatch layout. Everything else lives here, once: rollout collection (time-limit bootstrap,
+torch-native envs), SB3's GAE, re-scoring the rollout before the first step, the check that
+the first minibatch's ratio is 1, the clipped surrogate, entropy control (Clip-Cov/KL-Cov,
+:mod:`flowrl.algos.entropy_control`), the W2 regularizer towards the pretrained flow, the KL
+stop, critic warm-up and ``critic_full_epochs``, the value loss, the NaN refusal and the
+TensorBoard record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
+from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
+from flowrl.policies.base import FlowPolicyBase, check_spaces
+
+__all__ = ["OnPolicyCore", "PolicyTerms", "RolloutStep", "torch_face"]
+
+SelfCore = TypeVar("SelfCore", bound="OnPolicyCore")
+
+
+def torch_face(env: VecEnv) -> Any | None:
+    """The torch-native face of ``env``, or None.
+
+    E.g. :class:`flowrl.envs.mjx.MJXVecEnv`'s ``env.torch``.
+
+    Only the outermost env counts: a wrapper such as ``VecNormalize`` forwards attribute
+    lookups to the env inside, and going around it would skip its normalization.
+    """
+    face = vars(env).get("torch")
+    return face if callable(getattr(face, "step", None)) else None
+
+
+class RolloutStep(NamedTuple):
+    """What a learner's policy gives for one step of E envs.
+
+    Attributes:
+        env_actions: (E, Da) actions in the env's units (clipped to its box).
+        actions: (E, Da) actions as the policy produced them (SB3's ``actions`` field).
+        values: (E,) values.
+        log_probs: (E,) log-probabilities (float64).
+        fields: The learner's buffer fields, each (E, *shape).
+    """
+
+    env_actions: Tensor
+    actions: Tensor
+    values: Tensor
+    log_probs: Tensor
+    fields: dict[str, Tensor]
+
+
+@dataclass
+class PolicyTerms:
+    """A learner's side of one minibatch of M samples.
+
+    Attributes:
+        log_ratio: log π_θ/π_old per sample, (M,), with gradient (float64).
+        log_prob: log π_θ per sample, (M,): the quantity whose covariance with the advantage
+            entropy control reads, and whose negative mean is logged as an entropy estimate.
+        entropy: Entropy bonus per sample, (M,); its mean enters with ``ent_coef``.
+        values: V(o) from the same pass, (M,).
+        losses: Named extra losses ``{name: (coef, scalar)}``, added to the actor's loss in
+            this order and logged as ``train/<name>_loss``.
+    """
+
+    log_ratio: Tensor
+    log_prob: Tensor
+    entropy: Tensor
+    values: Tensor
+    losses: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
+
+
+class OnPolicyCore(OnPolicyAlgorithm):
+    """PPO on a flow policy's per-sample log-ratio: the base of every on-policy learner.
+
+    Args:
+        policy: A policy alias, class, or ready instance of the learner's ``policy_base``.
+        env: Env, VecEnv or registered id.
+        learning_rate: Actor learning rate or schedule.
+        critic_learning_rate: Value-network learning rate (constant).
+        n_steps: Steps per env per rollout.
+        batch_size: Minibatch size.
+        n_epochs: Passes over each rollout.
+        gamma: Discount.
+        gae_lambda: GAE λ.
+        clip_range: PPO ratio clip ε (float or schedule).
+        clip_range_vf: Value clip (None disables).
+        normalize_advantage: Standardise advantages per minibatch.
+        ent_coef: Weight of the entropy bonus.
+        vf_coef: Weight of the value loss.
+        bc_coef: Weight of the W2 regularizer towards the pretrained flow (0 disables it).
+        max_grad_norm: Gradient-norm clip, applied to actor and critic separately.
+        target_kl: Stop the actor's epochs once approx. KL exceeds 1.5·target_kl.
+        critic_full_epochs: When target_kl stops the actor, the value net still trains for
+            the rest of the ``n_epochs`` (False: it stops with the actor, as in SB3's PPO).
+            The KL stop guards the policy's trust region; the value regression needs no
+            such guard, and cutting it short leaves the critic under-fitted.
+        critic_warmup_updates: First updates that train only the value net: a pretrained
+            actor should not follow advantages from a critic that has not seen it yet.
+        log_ratio_clip: Clamp the log-ratio to [−c, c] before exponentiating (None: off).
+        entropy_control: None, ``"clip_cov"`` or ``"kl_cov"``
+            (:mod:`flowrl.algos.entropy_control`).
+        cov_fraction: Share of each minibatch that entropy control acts on (at least one
+            sample). None: the paper's value, 2e-4 for Clip-Cov, 2e-3 for KL-Cov.
+        clip_cov_bounds: Clip-Cov acts only on covariance terms inside (lower, upper).
+        kl_cov_coef: β of KL-Cov's |log ratio| penalty.
+        ratio_check_tol: Max |ratio − 1| allowed on the first minibatch of every update.
+        sampler_check_tol: Max |log p| difference allowed between the rollout's log-probs
+            and the same samples re-scored before the update (float32 round-off of the
+            networks, which depends on batch size, stays below ~1e-5; a wrong time grid or K
+            gives differences of order 1).
+        stats_window_size: Episodes averaged in ``rollout/`` statistics.
+        tensorboard_log: TensorBoard folder (None: no logging).
+        policy_kwargs: Policy constructor arguments.
+        verbose: 0 silent, 1 info.
+        seed: Seed of python, numpy, torch and the env.
+        device: Torch device.
+        _init_setup_model: Build the networks now (SB3's load passes False).
+    """
+
+    policy: FlowPolicyBase
+    rollout_buffer: FieldRolloutBuffer
+    policy_base: ClassVar[type[FlowPolicyBase]] = FlowPolicyBase
+    extra_loss_names: ClassVar[tuple[str, ...]] = ()  # logged even in updates that skip them
+
+    def __init__(
+        self,
+        policy: str | type[FlowPolicyBase] | FlowPolicyBase,
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        critic_learning_rate: float = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        bc_coef: float = 0.0,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        critic_full_epochs: bool = False,
+        critic_warmup_updates: int = 0,
+        log_ratio_clip: float | None = None,
+        entropy_control: str | None = None,
+        cov_fraction: float | None = None,
+        clip_cov_bounds: tuple[float, float] = (1.0, 5.0),
+        kl_cov_coef: float = 1.0,
+        ratio_check_tol: float = 1e-6,
+        sampler_check_tol: float = 1e-3,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,  # type: ignore[arg-type]
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=False,
+            sde_sample_freq=-1,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be > 1 (advantage normalization), got {batch_size}")
+        if entropy_control is not None and entropy_control not in ENTROPY_CONTROLS:
+            raise ValueError(
+                f"entropy_control must be None or one of {ENTROPY_CONTROLS}, "
+                f"got {entropy_control!r}"
+            )
+        if cov_fraction is not None and not 0 < cov_fraction <= 1:
+            raise ValueError(f"cov_fraction must lie in (0, 1], got {cov_fraction}")
+        lower, upper = clip_cov_bounds
+        if not lower < upper:
+            raise ValueError(
+                f"clip_cov_bounds must be (lower, upper) with lower < upper, got {clip_cov_bounds}"
+            )
+        self.critic_learning_rate = critic_learning_rate
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.bc_coef = bc_coef
+        self.target_kl = target_kl
+        self.critic_full_epochs = critic_full_epochs
+        self.critic_warmup_updates = critic_warmup_updates
+        self._updates_done = 0
+        self.log_ratio_clip = log_ratio_clip
+        self.entropy_control = entropy_control
+        self.cov_fraction = cov_fraction
+        self.clip_cov_bounds = (float(lower), float(upper))
+        self.kl_cov_coef = kl_cov_coef
+        self.ratio_check_tol = ratio_check_tol
+        self.sampler_check_tol = sampler_check_tol
+        if _init_setup_model:
+            self._setup_model()
+
+    # ================================================================== what a learner defines
+
+    def _rollout_fields(self) -> dict[str, tuple[int, ...]]:
+        """(a) Per-step shapes of the buffer fields beside SB3's."""
+        raise NotImplementedError
+
+    def _act(self, obs: Tensor) -> RolloutStep:
+        """(a) One rollout step of the policy (called under ``torch.no_grad``)."""
+        raise NotImplementedError
+
+    def _score_old(self, batch: FieldRolloutSamples) -> dict[str, Tensor]:
+        """The rollout policy's quantities for a minibatch, before any update.
+
+        Returns ``{"log_probs": (M,), <field>: (M, *shape), …}``, written back into the
+        buffer, so that the first minibatch of the update is scored on exactly the same rows
+        in exactly the same layout (its ratio is then 1 to the last bit).
+        """
+        raise NotImplementedError
+
+    def _policy_terms(self, batch: FieldRolloutSamples) -> PolicyTerms:
+        """(b) and (c): the per-sample log-ratio and extra losses of a minibatch."""
+        raise NotImplementedError
+
+    def _before_rollout(self) -> None:
+        """Learner-specific changes between updates (e.g. a noise schedule)."""
+
+    def _first_minibatch_stats(self, batch: FieldRolloutSamples) -> dict[str, float]:
+        """Scalars logged from the update's first minibatch (e.g. mean σ)."""
+        return {}
+
+    def _record_extra(self) -> None:
+        """Learner-specific scalars written at the end of each update."""
+
+    # ================================================================== setup
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        check_spaces(self.observation_space, self.action_space)
+        self.policy = self._build_policy().to(self.device)
+        # Save/load rebuilds the policy from these arguments and then loads its weights (the
+        # pretrained and reference flows included), so no checkpoint path is needed later.
+        params = self.policy._get_constructor_parameters()
+        for key in ("observation_space", "action_space", "lr_schedule"):
+            params.pop(key, None)
+        self.policy_kwargs = params
+        self._check_policy()
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        self.rollout_buffer = self._make_buffer()
+
+    def _make_buffer(self) -> FieldRolloutBuffer:
+        return FieldRolloutBuffer(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            self._rollout_fields(),
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+
+    def _check_policy(self) -> None:
+        """Learner-specific checks of the built policy against the learner's options."""
+
+    def _build_policy(self) -> FlowPolicyBase:
+        """The policy from an instance, a class or an alias; another algorithm's is refused."""
+        base = self.policy_base
+        if isinstance(self.policy_class, base):  # a ready instance was passed
+            if self.policy_kwargs:
+                raise ValueError(f"pass policy_kwargs or a {base.__name__} instance, not both")
+            policy = self.policy_class
+            # Action bounds matter (the policy maps its [-1, 1] box onto them); observation
+            # bounds may legitimately differ (wrappers), their shape may not.
+            if policy.observation_space.shape != self.observation_space.shape or (
+                policy.action_space != self.action_space
+            ):
+                raise ValueError(
+                    f"the policy was built for observations {policy.observation_space.shape} and "
+                    f"actions {policy.action_space}, but the env has "
+                    f"{self.observation_space.shape} and {self.action_space}"
+                )
+            self.policy_class = type(policy)
+            return policy
+        if isinstance(self.policy_class, type) and issubclass(self.policy_class, base):
+            return self.policy_class(
+                self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+            )
+        name = getattr(self.policy_class, "__name__", type(self.policy_class).__name__)
+        raise ValueError(
+            f"{type(self).__name__} needs a {base.__name__}, got {name}: a checkpoint or policy "
+            "of another algorithm (e.g. PPO's ActorCriticPolicy, or another flowrl learner's "
+            "policy) must be loaded with that algorithm"
+        )
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer", "policy.critic_optimizer"], []
+
+    def _excluded_save_params(self) -> list[str]:
+        # The torch-native env's last observation tensor (it may alias a JAX buffer) is
+        # rollout state like the env itself: it is not pickled into checkpoints.
+        return [*super()._excluded_save_params(), "_torch_obs"]
+
+    # ================================================================== rollout
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """Fill the buffer with ``n_rollout_steps`` steps of every env (fields included)."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        assert isinstance(rollout_buffer, FieldRolloutBuffer)
+        self.policy.set_training_mode(False)
+        # SB3 updates the progress after the rollout; refresh it here so that a schedule read
+        # before the rollout (and a new learn() call) sees the current value.
+        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+        self._before_rollout()
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        n_steps = 0
+        torch_env = torch_face(env)
+        while n_steps < n_rollout_steps:
+            with torch.no_grad():
+                step = self._act(self._last_obs_tensor())
+            if torch_env is None:
+                new_obs, rewards, dones, infos = env.step(step.env_actions.cpu().numpy())
+            else:
+                new_obs, rewards, dones, infos = self._torch_env_step(torch_env, step.env_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            # A time-limit truncation is not a terminal state: bootstrap with V(s_T).
+            for idx, done in enumerate(dones):
+                terminal_obs = infos[idx].get("terminal_observation")
+                if (
+                    done
+                    and terminal_obs is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    with torch.no_grad():
+                        terminal_value = self.policy.predict_values(
+                            self.policy.obs_to_tensor(terminal_obs)[0]  # type: ignore[arg-type]
+                        )[0]
+                    rewards[idx] += self.gamma * float(terminal_value)
+            rollout_buffer.add_step(
+                self._last_obs,  # type: ignore[arg-type]
+                step.actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                step.values,
+                step.log_probs,
+                step.fields,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+        with torch.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _last_obs_tensor(self) -> Tensor:
+        """The policy's input for ``self._last_obs``.
+
+        The env's own tensor when the last step went through a torch-native env (no numpy
+        round trip), else a conversion of the numpy observation.
+        """
+        cached = getattr(self, "_torch_obs", None)
+        if cached is not None and cached[0] is self._last_obs:
+            return cached[1].to(self.device)
+        return obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+
+    def _torch_env_step(self, torch_env: Any, actions: Tensor):
+        """One step through a torch-native env; returns SB3's (obs, rewards, dones, infos).
+
+        The observation tensor is kept for the next policy call; the numpy arrays (views on
+        CPU) feed SB3's buffer, callbacks and episode statistics.
+        """
+        obs, reward, _, truncated, info = torch_env.step(actions)
+        dones, infos = torch_env.sb3_infos(truncated, info)
+        new_obs = obs.detach().cpu().numpy()
+        self._torch_obs = (new_obs, obs)
+        # A copy: the truncation bootstrap adds to the rewards in place.
+        return new_obs, reward.detach().cpu().numpy().copy(), dones, infos
+
+    # ================================================================== update
+
+    def _refresh_old_log_probs(self, indices: np.ndarray) -> float:
+        """Re-score the rollout with the unchanged policy, in the first epoch's layout.
+
+        The sampler already returned exact log-probs, but float32 network outputs differ in
+        their last bits between the rollout's batch of E rows and a minibatch of M rows (up
+        to ~5e-6 in log p, measured), which would put the first-minibatch ratio 1 ± 1e-5.
+        Scoring the same rows in the same minibatches as epoch 0 makes that ratio exactly 1
+        unless something really changed, and comparing against the sampler's values catches
+        a sampler/likelihood mismatch (a different grid, K or noise model).
+
+        Returns:
+            Max |log p_sampler − log p_recomputed| over the buffer.
+        """
+        buffer = self.rollout_buffer
+        buffer.flatten()
+        sampled = buffer.log_probs.copy()
+        with torch.no_grad():
+            for batch, start in zip(
+                buffer.get(self.batch_size, indices),
+                range(0, len(indices), self.batch_size),
+                strict=True,
+            ):
+                buffer.write_rows(indices[start : start + self.batch_size], self._score_old(batch))
+        error = float(np.abs(buffer.log_probs - sampled).max())
+        if not error <= self.sampler_check_tol:
+            raise RuntimeError(
+                f"the sampler's log-probs and the re-scored ones differ by up to {error:.3g} "
+                f"(tolerance {self.sampler_check_tol:g}) on the same samples with the same "
+                "weights: sampling and likelihood disagree. Check that both use THE time grid "
+                "(flowrl.flow.time_grid) with the same K and the same noise model, that no "
+                "dropout is active, and that the observation normalizer did not change "
+                "during the rollout."
+            )
+        return error
+
+    def _check_first_ratio(self, ratio: Tensor) -> float:
+        """Raise unless the first minibatch's ratio is 1: nothing has changed since the rollout."""
+        deviation = float((ratio - 1).abs().max())
+        if not deviation <= self.ratio_check_tol:
+            raise RuntimeError(
+                f"PPO ratio on the first minibatch deviates from 1 by {deviation:.3g} "
+                f"(tolerance {self.ratio_check_tol:g}) before any update. The update scores "
+                "samples differently from the rollout: check that the policy has no dropout or "
+                "batch-norm in training mode, that its weights and observation normalizer "
+                "were not changed between rollout and update, and that the likelihood uses "
+                "THE time grid."
+            )
+        return deviation
+
+    def train(self) -> None:
+        """One PPO update over the rollout buffer."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        for group in self.policy.critic_optimizer.param_groups:
+            group["lr"] = self.critic_learning_rate
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = (
+            self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+            if self.clip_range_vf is not None
+            else None
+        )
+        names = ("pg", "value", "entropy", "bc", *self.extra_loss_names, "clip", "kl", "ratio")
+        stats: dict[str, list[float]] = {k: [] for k in (*names, "neg_log_prob", "cov", "cov_max")}
+        stats["selected"] = []
+        first_deviation = first_ratio = float("nan")
+        first_stats: dict[str, float] = {}
+        first_order = np.random.permutation(self.rollout_buffer.buffer_size * self.n_envs)
+        sampler_error = self._refresh_old_log_probs(first_order)
+        # The actor steps unless the critic is warming up or target_kl has stopped it; the
+        # critic steps on every minibatch of every epoch the loop runs.
+        actor_on = self._updates_done >= self.critic_warmup_updates
+        self._updates_done += 1
+        kl_limit = None if self.target_kl is None else 1.5 * self.target_kl
+        stop = False
+        epoch = 0
+        for epoch in range(self.n_epochs):  # noqa: B007 (logged after the loop)
+            order = first_order if epoch == 0 else None
+            for batch_index, batch in enumerate(self.rollout_buffer.get(self.batch_size, order)):
+                first = epoch == 0 and batch_index == 0
+                # The first minibatch is scored even when the actor is off: its ratio check
+                # (ratio = 1 before any step) guards every update.
+                if actor_on or first:
+                    actor_loss, values, approx_kl, ratio = self._actor_loss(
+                        batch, clip_range, stats
+                    )
+                    if first:
+                        first_deviation = self._check_first_ratio(ratio)
+                        first_ratio = float(ratio.mean())
+                        with torch.no_grad():
+                            first_stats = self._first_minibatch_stats(batch)
+                else:
+                    values = self.policy.predict_values(batch.observations).flatten()
+
+                if clip_range_vf is not None:
+                    values = batch.old_values + (values - batch.old_values).clamp(
+                        -clip_range_vf, clip_range_vf
+                    )
+                value_loss = torch.nn.functional.mse_loss(batch.returns, values)
+                stats["value"].append(value_loss.item())
+                if actor_on and kl_limit is not None and approx_kl > kl_limit:
+                    actor_on = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
+                    if not self.critic_full_epochs:
+                        stop = True
+                        break
+                loss = self.vf_coef * value_loss
+                if actor_on:
+                    loss = loss + actor_loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{type(self).__name__} loss is {loss.item()} (value {value_loss.item()}, "
+                        f"policy terms {actor_loss.item() if actor_on else 'off'}); the update "
+                        "was not applied. Check rewards/observations for NaN or extreme values, "
+                        "lower the learning rate, or set log_ratio_clip."
+                    )
+
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                self.policy.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if actor_on:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.policy.optimizer.param_groups for p in g["params"]],
+                        self.max_grad_norm,
+                    )
+                    self.policy.optimizer.step()
+                torch.nn.utils.clip_grad_norm_(
+                    self.policy.value_net.parameters(), self.max_grad_norm
+                )
+                self.policy.critic_optimizer.step()
+            if stop:
+                break
+        self._n_updates += epoch + 1
+        self._record(stats, clip_range, first_ratio, first_deviation, first_stats)
+        self.logger.record("flow/sampler_log_prob_max_error", sampler_error)
+
+    def _clip_log_ratio(self, log_ratio: Tensor) -> Tensor:
+        """The log-ratio clamped to [−c, c], c = ``log_ratio_clip`` (unchanged if None)."""
+        if self.log_ratio_clip is None:
+            return log_ratio
+        return log_ratio.clamp(-self.log_ratio_clip, self.log_ratio_clip)
+
+    def _actor_loss(
+        self, batch: FieldRolloutSamples, clip_range: float, stats: dict[str, list[float]]
+    ) -> tuple[Tensor, Tensor, float, Tensor]:
+        """The actor's side of one minibatch: surrogate, entropy and the learner's terms.
+
+        Appends this minibatch's policy statistics to ``stats``.
+
+        Returns:
+            ``(actor_loss (), values (M,), approx_kl, ratio (M,) detached)``.
+        """
+        terms = self._policy_terms(batch)
+        log_ratio = self._clip_log_ratio(terms.log_ratio)
+        ratio = torch.exp(log_ratio)
+        advantages = batch.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        cov = covariance_terms(terms.log_prob, advantages)
+        pg_loss, selected = surrogate_loss(
+            advantages,
+            ratio,
+            log_ratio,
+            clip_range,
+            control=self.entropy_control,
+            cov=cov,
+            fraction=self.cov_fraction,
+            clip_cov_bounds=self.clip_cov_bounds,
+            kl_cov_coef=self.kl_cov_coef,
+        )
+        entropy_loss = -terms.entropy.mean()
+        losses = dict(terms.losses)
+        losses["bc"] = (
+            self.bc_coef,
+            self.policy.bc_regularizer(batch.observations).mean()
+            if self.bc_coef > 0
+            else log_ratio.new_zeros(()),
+        )
+        with torch.no_grad():
+            approx_kl = float(((ratio - 1) - log_ratio).mean())
+        stats["pg"].append(pg_loss.item())
+        stats["entropy"].append(entropy_loss.item())
+        stats["clip"].append(float(((ratio - 1).abs() > clip_range).float().mean()))
+        stats["kl"].append(approx_kl)
+        stats["ratio"].append(float(ratio.detach().mean()))
+        stats["neg_log_prob"].append(-float(terms.log_prob.detach().mean()))
+        stats["cov"].append(float(cov.mean()))
+        stats["cov_max"].append(float(cov.max()))
+        stats["selected"].append(selected)
+        actor_loss = pg_loss + self.ent_coef * entropy_loss
+        for name, (coef, value) in losses.items():
+            stats[name].append(value.item())
+            actor_loss = actor_loss + coef * value
+        return actor_loss, terms.values, approx_kl, ratio.detach()
+
+    def _record(
+        self,
+        stats: dict[str, list[float]],
+        clip_range: float,
+        first_ratio: float,
+        first_deviation: float,
+        first_stats: dict[str, float],
+    ) -> None:
+        """Write this update's scalars to SB3's logger (TensorBoard, stdout, …)."""
+        buffer = self.rollout_buffer
+        explained = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+        self.logger.record("train/policy_gradient_loss", mean(stats["pg"]))
+        self.logger.record("train/value_loss", mean(stats["value"]))
+        self.logger.record("train/entropy_loss", mean(stats["entropy"]))
+        for name in ("bc", *self.extra_loss_names):
+            self.logger.record(f"train/{name}_loss", mean(stats[name]))
+        self.logger.record("train/approx_kl", mean(stats["kl"]))
+        self.logger.record("train/clip_fraction", mean(stats["clip"]))
+        self.logger.record("train/explained_variance", float(explained))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        self.logger.record("train/learning_rate", self.policy.optimizer.param_groups[0]["lr"])
+        self.logger.record("train/neg_log_prob_mean", mean(stats["neg_log_prob"]))
+        self.logger.record("train/log_prob_adv_cov_mean", mean(stats["cov"]))
+        self.logger.record("train/log_prob_adv_cov_max", mean(stats["cov_max"]))
+        self.logger.record("train/entropy_control_fraction", mean(stats["selected"]))
+        self.logger.record("flow/ratio_mean", mean(stats["ratio"]))
+        self.logger.record("flow/ratio_first_minibatch", first_ratio)
+        self.logger.record("flow/ratio_first_minibatch_max_deviation", first_deviation)
+        for key, value in first_stats.items():
+            self.logger.record(key, value)
+        self.logger.record(
+            "train/critic_warmup", float(self._updates_done <= self.critic_warmup_updates)
+        )
+        self._record_extra()
+
+    def learn(
+        self: SelfCore,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfCore:
+        """Train for ``total_timesteps`` env steps (SB3's ``learn``).
+
+        The TensorBoard run is named after the learner (``"ReinFlow"``, ``"PolicyFlow"``)
+        unless ``tb_log_name`` says otherwise.
+        """
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name or type(self).__name__,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

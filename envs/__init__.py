@@ -8,15 +8,16 @@ Wrappers: :class:`flowrl.envs.wrappers.ActionChunk` plays a chunk of Ta actions 
 Registered ids:
 
 - ``MultiGoal-v0``: :class:`flowrl.envs.multigoal.MultiGoalEnv`, the 2-D multi-goal task of
-  Haarnoja et al. (2017), 30 steps per episode.
+  Haarnoja et al. (2017), 30 steps per episode; ``num_goals=6`` (or any n >= 2) puts n goals
+  evenly on a circle instead of the paper's four.
 """
 
 import gymnasium
 
-from .multigoal import GOALS, MultiGoalEnv, goal_coverage
+from .multigoal import GOALS, MultiGoalEnv, goal_coverage, goal_layout
 from .wrappers import ActionChunk
 
-__all__: list[str] = ["GOALS", "ActionChunk", "MultiGoalEnv", "goal_coverage"]
+__all__: list[str] = ["GOALS", "ActionChunk", "MultiGoalEnv", "goal_coverage", "goal_layout"]
 
 
 def _register(env_id: str, entry_point: str, **kwargs) -> None:

@@ -6,6 +6,10 @@ The reward is symmetric in the four goals, so an optimal stochastic policy is mu
 flow or diffusion policy can reach all four goals, where a unimodal Gaussian policy settles on
 one. :func:`goal_coverage` counts how many final positions landed at each goal.
 
+``num_goals`` (an argument of the env, e.g. ``gymnasium.make("MultiGoal-v0", num_goals=6)``)
+places n ≠ 4 goals evenly on the circle of radius 5 around the origin (:func:`goal_layout`);
+4 is the paper's layout.
+
 Reference: T. Haarnoja, H. Tang, P. Abbeel, S. Levine, "Reinforcement Learning with Deep
 Energy-Based Policies", ICML 2017 (the multi-goal toy task).
 """
@@ -21,6 +25,9 @@ from gymnasium import spaces
 
 GOALS = np.array([(5.0, 0.0), (-5.0, 0.0), (0.0, 5.0), (0.0, -5.0)], dtype=np.float32)
 """(4, 2) float32 goal positions; the index of a row is the goal's index in ``info``."""
+
+GOAL_RADIUS = 5.0
+"""Distance of every goal from the origin."""
 
 BOUND = 7.0
 """Half-width of the square arena: positions live in [-7, 7]^2."""
@@ -47,15 +54,39 @@ def _number(name: str, value: Any, *, positive: bool) -> float:
     return number
 
 
-def _nearest_goal(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def goal_layout(num_goals: int = 4) -> np.ndarray:
+    """The (n, 2) float32 goal positions of a MultiGoal env with ``num_goals`` goals.
+
+    4 gives :data:`GOALS` (the paper's order); any other n >= 2 puts goal k at angle 2πk/n on
+    the circle of radius :data:`GOAL_RADIUS` (goal 0 at (5, 0), counter-clockwise).
+
+    Raises:
+        ValueError: ``num_goals`` is not an int >= 2.
+    """
+    if isinstance(num_goals, bool) or not isinstance(num_goals, int | np.integer):
+        raise ValueError(f"num_goals must be an int >= 2, got {num_goals!r}")
+    if num_goals < 2:
+        raise ValueError(f"num_goals must be >= 2, got {num_goals}")
+    if num_goals == 4:
+        return GOALS.copy()
+    angles = 2 * np.pi * np.arange(num_goals) / num_goals
+    goals = GOAL_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    return goals.astype(np.float32)
+
+
+def _nearest_goal(
+    positions: np.ndarray, goals: np.ndarray = GOALS
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns the nearest goal's index and squared distance for (N, 2) positions."""
-    deltas = positions[:, None, :].astype(np.float64) - GOALS[None, :, :].astype(np.float64)
-    squared = np.sum(deltas * deltas, axis=-1)  # (N, 4)
+    deltas = positions[:, None, :].astype(np.float64) - goals[None, :, :].astype(np.float64)
+    squared = np.sum(deltas * deltas, axis=-1)  # (N, n_goals)
     index = np.argmin(squared, axis=-1)
     return index, squared[np.arange(len(positions)), index]
 
 
-def goal_coverage(final_positions: np.ndarray, threshold: float = 1.0) -> np.ndarray:
+def goal_coverage(
+    final_positions: np.ndarray, threshold: float = 1.0, goals: np.ndarray = GOALS
+) -> np.ndarray:
     """Counts the final positions that ended within ``threshold`` of each goal.
 
     Each position is assigned to its nearest goal (as ``info["goal_reached"]`` does) and counted
@@ -67,9 +98,10 @@ def goal_coverage(final_positions: np.ndarray, threshold: float = 1.0) -> np.nda
             (..., 2) is flattened to (N, 2).
         threshold: Distance below which a position counts as at a goal (the env's
             ``goal_threshold``, 1.0 by default).
+        goals: (n, 2) goal positions (an env's ``goals``); the paper's four by default.
 
     Returns:
-        (4,) int64 counts, ordered as :data:`GOALS`.
+        (n,) int64 counts, ordered as ``goals``.
 
     Raises:
         ValueError: ``final_positions`` is not (..., 2), holds NaN/inf, or ``threshold`` is not
@@ -85,17 +117,20 @@ def goal_coverage(final_positions: np.ndarray, threshold: float = 1.0) -> np.nda
     positions = positions.reshape(-1, 2)
     if not np.all(np.isfinite(positions)):
         raise ValueError("final_positions holds NaN or inf")
-    counts = np.zeros(len(GOALS), dtype=np.int64)
+    goals = np.asarray(goals, dtype=np.float32)
+    if goals.ndim != 2 or goals.shape[1] != 2 or len(goals) == 0:
+        raise ValueError(f"goals must have shape (n, 2), got {goals.shape}")
+    counts = np.zeros(len(goals), dtype=np.int64)
     if len(positions) == 0:
         return counts
-    index, squared = _nearest_goal(positions)
+    index, squared = _nearest_goal(positions, goals)
     reached = np.sqrt(squared) < threshold
     np.add.at(counts, index[reached], 1)
     return counts
 
 
 class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
-    """A 2-D point mass rewarded for reaching any of four goals.
+    """A 2-D point mass rewarded for reaching any of several goals (four by default).
 
     Observation: the position (x, y), float32, in ``Box(-7, 7, (2,))``. Action: a velocity step
     in ``Box(-1, 1, (2,))``; larger actions are clipped to [-1, 1] per coordinate. Dynamics are
@@ -110,7 +145,7 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
     The episode terminates when a goal is reached (``d < goal_threshold``); it is never
     truncated by the env itself: ``MultiGoal-v0`` is registered with ``max_episode_steps=30``.
 
-    ``info`` holds ``"goal_reached"`` (index into :data:`GOALS` of the goal reached on this
+    ``info`` holds ``"goal_reached"`` (index into ``goals`` of the goal reached on this
     step, or -1; always -1 after reset), ``"distance_to_nearest_goal"`` (``d``) and
     ``"is_success"`` (a goal was reached on this step).
 
@@ -126,11 +161,13 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
             -60 per step; a small scale (e.g. 0.01-0.1) keeps returns O(1), which makes
             PPO-style learners with value functions and advantage normalisation happier.
         init_sigma: Standard deviation of the initial position around the origin (>= 0).
+        num_goals: Number of goals (>= 2): 4 is the paper's layout, others lie evenly on
+            the circle of radius 5 (:func:`goal_layout`). The env's ``goals`` holds them.
         render_mode: None or ``"rgb_array"``.
 
     Raises:
-        ValueError: An argument is negative, zero where it must be positive, not finite, or
-            ``render_mode`` is unknown.
+        ValueError: An argument is negative, zero where it must be positive, not finite,
+            ``num_goals`` is not an int >= 2, or ``render_mode`` is unknown.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -143,6 +180,7 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
         goal_threshold: float = 1.0,
         reward_scale: float = 1.0,
         init_sigma: float = 0.1,
+        num_goals: int = 4,
         render_mode: str | None = None,
     ) -> None:
         self.action_cost = _number("action_cost", action_cost, positive=False)
@@ -151,6 +189,8 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
         self.goal_threshold = _number("goal_threshold", goal_threshold, positive=True)
         self.reward_scale = _number("reward_scale", reward_scale, positive=True)
         self.init_sigma = _number("init_sigma", init_sigma, positive=False)
+        self.goals = goal_layout(num_goals)
+        self.num_goals = len(self.goals)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
@@ -194,7 +234,7 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         start = self.np_random.normal(0.0, self.init_sigma, size=2)
         self.pos = start
-        _, squared = _nearest_goal(self._pos[None])
+        _, squared = _nearest_goal(self._pos[None], self.goals)
         return self._pos.copy(), self._info(-1, math.sqrt(float(squared[0])))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -220,7 +260,7 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
         if len(self._path) > _MAX_PATH:
             del self._path[0]
 
-        index, squared = _nearest_goal(self._pos[None])
+        index, squared = _nearest_goal(self._pos[None], self.goals)
         distance = math.sqrt(float(squared[0]))
         reached = distance < self.goal_threshold
         a64 = a.astype(np.float64)
@@ -258,7 +298,7 @@ class MultiGoalEnv(gym.Env[np.ndarray, np.ndarray]):
         image = np.full((n, n, 3), 255, dtype=np.uint8)
         image[np.broadcast_to(np.abs(x) < BOUND / n, (n, n))] = (220, 220, 220)
         image[np.broadcast_to(np.abs(y) < BOUND / n, (n, n))] = (220, 220, 220)
-        for gx, gy in GOALS:
+        for gx, gy in self.goals:
             disc = (x - gx) ** 2 + (y - gy) ** 2 < self.goal_threshold**2
             image[disc] = (120, 200, 120)
         for px, py in self._path[:-1]:

@@ -143,7 +143,8 @@ class OnPolicyCore(OnPolicyAlgorithm):
 
     policy: FlowPolicyBase
     rollout_buffer: FieldRolloutBuffer
-    policy_base: ClassVar[type[FlowPolicyBase]] = FlowPolicyBase
+    # Each learner names the policy class it takes (a checkpoint of another is refused).
+    policy_base: ClassVar[type[FlowPolicyBase]]
     extra_loss_names: ClassVar[tuple[str, ...]] = ()  # logged even in updates that skip them
 
     def __init__(

@@ -44,6 +44,7 @@ class ReinFlow(OnPolicyCore):
 
     policy_aliases = {"FlowPolicy": FlowPolicy}  # noqa: RUF012 (SB3's class attribute)
     policy: FlowPolicy
+    policy_base = FlowPolicy
     rollout_buffer: ChainRolloutBuffer
 
     def __init__(

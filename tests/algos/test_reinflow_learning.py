@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from pendulum_bc import evaluate, weak_bc_actor
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
@@ -19,63 +20,23 @@ from flowrl.data import OfflineDataset
 from flowrl.policies import FlowPolicy
 
 
-def _swing_up(obs: np.ndarray, rng: np.random.Generator, noise: float) -> float:
-    """Bang-bang energy pumping far from upright, PD near it, plus Gaussian noise."""
-    cos, sin, omega = obs
-    if cos > 0.85:
-        torque = -10.0 * np.arctan2(sin, cos) - 2.0 * omega
-    else:
-        torque = 2.0 * np.sign(omega) if abs(omega) > 0.1 else 1.0
-    return float(np.clip(torque + noise * rng.normal(), -2.0, 2.0))
-
-
-def _dataset(episodes: int = 20, noise: float = 1.0) -> OfflineDataset:
-    env = gym.make("Pendulum-v1")
-    rng = np.random.default_rng(0)
-    obs_list, act_list = [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=episode)
-        for _ in range(200):
-            action = _swing_up(obs, rng, noise)
-            obs_list.append(obs)
-            act_list.append([action])
-            obs, *_ = env.step([action])
-    return OfflineDataset(
-        observations=np.array(obs_list), actions=np.array(act_list, dtype=np.float32)
-    )
-
-
-def _evaluate(model, deterministic):
-    env = make_vec_env("Pendulum-v1", n_envs=1, seed=123)
-    mean, _ = evaluate_policy(model, env, n_eval_episodes=30, deterministic=deterministic)
-    return mean
-
-
 def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
-    torch.manual_seed(0)
-    env = gym.make("Pendulum-v1")
-    bc = FlowBC.from_dataset(
-        _dataset(),
-        env=env,
-        actor_config={"width": 64, "depth": 2, "num_steps": 4},
-        config=BCConfig(steps=300, batch_size=256, seed=0),
-    )
-    bc.learn(progress_bar=False)
+    bc = weak_bc_actor()
     # Reward normalisation only: the observations are normalized inside the policy.
     venv = VecNormalize(
         make_vec_env("Pendulum-v1", n_envs=4, seed=0), norm_obs=False, norm_reward=True, gamma=0.95
     )
     policy = FlowPolicy.from_pretrained(
-        bc.actor_ema,
+        bc,
         venv.observation_space,
         venv.action_space,
         noise_hidden=(32, 32),
         value_hidden=(64, 64),
     )
     model = ReinFlow(policy, venv, n_steps=256, batch_size=256, n_epochs=10, gamma=0.95, seed=0)
-    before = {d: _evaluate(model, d) for d in (True, False)}
+    before = {d: evaluate(model, d) for d in (True, False)}
     model.learn(60_000)
-    after = {d: _evaluate(model, d) for d in (True, False)}
+    after = {d: evaluate(model, d) for d in (True, False)}
     print(
         f"deterministic {before[True]:.0f} -> {after[True]:.0f}, "
         f"stochastic {before[False]:.0f} -> {after[False]:.0f}"

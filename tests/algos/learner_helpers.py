@@ -1,0 +1,56 @@
+"""Helpers of the on-policy learner tests: one rollout, one update, states, a small actor."""
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.monitor import Monitor
+from torch import nn
+
+from flowrl.data import Normalizer
+from flowrl.policies import FlowActor, FlowActorConfig
+
+
+def short_pendulum(steps: int = 16) -> Monitor:
+    """Pendulum with short episodes, so that episode statistics appear within a few rollouts."""
+    return Monitor(gym.make("Pendulum-v1", max_episode_steps=steps))
+
+
+def rollout(model) -> None:
+    """What SB3's learn does before an update: set up, then fill the buffer once."""
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, None)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+def update(model) -> dict:
+    """One rollout and one update; the scalars the update recorded."""
+    rollout(model)
+    model.train()
+    return dict(model.logger.name_to_value)
+
+
+def state(module: nn.Module) -> dict:
+    """A detached copy of a module's state dict."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Every tensor of two state dicts is equal."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def pendulum_actor(seed: int = 0) -> FlowActor:
+    """A 'pretrained' actor for Pendulum: random non-zero output layer, box action normalizer."""
+    torch.manual_seed(seed)
+    env = gym.make("Pendulum-v1")
+    actor = FlowActor(
+        FlowActorConfig(obs_dim=3, action_dim=1, width=32, depth=1, num_steps=2),
+        Normalizer.gaussian(np.stack([env.observation_space.sample() for _ in range(64)])),
+        Normalizer.box(env.action_space.low, env.action_space.high),
+    )
+    with torch.no_grad():
+        nn.init.normal_(actor.velocity_net.output.weight, std=0.3)
+        nn.init.normal_(actor.velocity_net.output.bias, std=0.3)
+    return actor

@@ -1,0 +1,62 @@
+"""A deliberately weak BC flow policy on Pendulum-v1, the start of the learning tests.
+
+The BC data come from a crude swing-up controller with heavy action noise (mean return
+about −600), and BC runs for only 300 steps, so the starting policy is poor (about −1000
+deterministic, −1250 stochastic, measured).
+"""
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from flowrl.algos import BCConfig, FlowBC
+from flowrl.data import OfflineDataset
+from flowrl.policies import FlowActor
+
+
+def _swing_up(obs: np.ndarray, rng: np.random.Generator, noise: float) -> float:
+    """Bang-bang energy pumping far from upright, PD near it, plus Gaussian noise."""
+    cos, sin, omega = obs
+    if cos > 0.85:
+        torque = -10.0 * np.arctan2(sin, cos) - 2.0 * omega
+    else:
+        torque = 2.0 * np.sign(omega) if abs(omega) > 0.1 else 1.0
+    return float(np.clip(torque + noise * rng.normal(), -2.0, 2.0))
+
+
+def _dataset(episodes: int = 20, noise: float = 1.0) -> OfflineDataset:
+    env = gym.make("Pendulum-v1")
+    rng = np.random.default_rng(0)
+    obs_list, act_list = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        for _ in range(200):
+            action = _swing_up(obs, rng, noise)
+            obs_list.append(obs)
+            act_list.append([action])
+            obs, *_ = env.step([action])
+    return OfflineDataset(
+        observations=np.array(obs_list), actions=np.array(act_list, dtype=np.float32)
+    )
+
+
+def evaluate(model, deterministic: bool) -> float:
+    """Mean return over 30 episodes of a fixed evaluation env."""
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=123)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=30, deterministic=deterministic)
+    return mean
+
+
+def weak_bc_actor() -> FlowActor:
+    """The BC actor (EMA weights) of 300 steps on the noisy swing-up data, seed 0."""
+    torch.manual_seed(0)
+    bc = FlowBC.from_dataset(
+        _dataset(),
+        env=gym.make("Pendulum-v1"),
+        actor_config={"width": 64, "depth": 2, "num_steps": 4},
+        config=BCConfig(steps=300, batch_size=256, seed=0),
+    )
+    bc.learn(progress_bar=False)
+    return bc.actor_ema

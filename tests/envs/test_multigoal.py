@@ -243,3 +243,39 @@ def test_bad_action_and_position_raise():
         env.step(np.array([np.nan, 0.0], np.float32))
     with pytest.raises(ValueError, match="pos"):
         env.pos = np.zeros(3)
+
+
+def test_goal_layout():
+    np.testing.assert_array_equal(multigoal.goal_layout(4), GOALS)
+    six = multigoal.goal_layout(6)
+    assert six.shape == (6, 2) and six.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(six, axis=1), 5.0, rtol=1e-6)
+    np.testing.assert_allclose(six[0], [5.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(six[1], [2.5, 5.0 * np.sqrt(3) / 2], atol=1e-5)  # 60 degrees
+    for bad in (1, 0, 2.5, True, "6"):
+        with pytest.raises(ValueError, match="num_goals"):
+            multigoal.goal_layout(bad)
+
+
+def test_six_goal_variant_reaches_each_goal_and_counts_coverage():
+    env = gymnasium.make("MultiGoal-v0", num_goals=6)
+    goals = env.unwrapped.goals
+    assert env.unwrapped.num_goals == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sb3_check_env(env)
+    finals = []
+    for index, goal in enumerate(goals):
+        env.reset(seed=index)
+        env.unwrapped.pos = goal * 0.7
+        for _ in range(10):
+            step = np.clip(goal - env.unwrapped.pos, -1, 1)
+            _, reward, terminated, _, info = env.step(step)
+            if terminated:
+                break
+        assert terminated and info["goal_reached"] == index
+        finals.append(env.unwrapped.pos)
+    np.testing.assert_array_equal(goal_coverage(np.array(finals), goals=goals), [1] * 6)
+    assert env.render() is None
+    with pytest.raises(ValueError, match="goals"):
+        goal_coverage(np.zeros((1, 2)), goals=np.zeros((3,)))

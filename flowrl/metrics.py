@@ -95,7 +95,7 @@ def normalized_entropy(counts: np.ndarray) -> float:
     if total == 0:
         return 0.0
     p = counts[counts > 0] / total
-    return float(-(p * np.log(p)).sum() / np.log(len(counts)))
+    return float(-(p * np.log(p)).sum() / np.log(len(counts))) + 0.0  # no -0.0 for one bin
 
 
 def iqm(values: np.ndarray) -> float:

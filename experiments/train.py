@@ -4,7 +4,7 @@
     python experiments/train.py algo=ppo env=hopper total_timesteps=1000000
     python experiments/train.py algo=reinflow env=hopper pretrained=<bc.pt>
     python experiments/train.py experiment=pendulum_quick
-    python experiments/train.py algo=ppo,reinflow env=pendulum seed=0,1 -m     # a sweep
+    python experiments/train.py algo=ppo,reinflow,policyflow env=pendulum seed=0,1 -m
 
 Config groups (``configs/<group>/<option>.yaml``, each checked against a dataclass below, so
 a typo fails with the list of valid keys or options): ``algo`` (the learner and its
@@ -128,24 +128,47 @@ class OnPolicyConfig(AlgoConfig):
     target_kl: float | None = None  # stop an update's epochs at KL > 1.5 target_kl
 
 
+@dataclass
+class FlowOnPolicyConfig(OnPolicyConfig):
+    """The on-policy core's options (``flowrl.algos.OnPolicyCore``), shared by its learners."""
+
+    critic_learning_rate: float = 1e-3  # value net
+    bc_coef: float = 0.0  # W2 regularizer towards the starting flow (0: off)
+    critic_warmup_updates: int = 0  # first updates train the value net only
+    critic_full_epochs: bool = False  # the value net trains all n_epochs past a target_kl stop
+    log_ratio_clip: float | None = None  # clamp of the log-ratio (null: off)
+    entropy_control: str | None = None  # null, clip_cov or kl_cov (arXiv 2505.22617)
+    cov_fraction: float | None = None  # share of a minibatch it acts on (null: the paper's)
+    clip_cov_bounds: list[float] = field(default_factory=lambda: [1.0, 5.0])  # Clip-Cov window
+    kl_cov_coef: float = 1.0  # KL-Cov's beta
+    ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
+    sampler_check_tol: float = 1e-3  # max |log p| gap between rollout and re-scoring
+
+
 @register_schema("algo", "reinflow")
 @dataclass
-class ReinFlowConfig(OnPolicyConfig):
+class ReinFlowConfig(FlowOnPolicyConfig):
     """ReinFlow (``flowrl.algos.ReinFlow``): PPO on the exact likelihood of a noisy flow chain."""
 
     _target_: str = "flowrl.algos.ReinFlow"
     name: str = "reinflow"
     policies: list[str] = field(default_factory=lambda: ["flow"])
-    critic_learning_rate: float = 1e-3  # value net
-    bc_coef: float = 0.0  # W2 regularizer towards the starting flow (0: off)
-    critic_warmup_updates: int = 0  # first updates train the value net only
-    critic_full_epochs: bool = False  # the value net trains all n_epochs past a target_kl stop
     sigma_max_final: float | None = None  # sigma_max at the end (null: constant)
     sigma_hold_fraction: float = 0.5  # share of training sigma_max is held before decaying
     log_prob_reduction: str = "sum"  # "sum": exact chain likelihood; "mean": divided by K Da
-    log_ratio_clip: float | None = None  # clamp of the log-ratio (null: off)
-    ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
-    sampler_check_tol: float = 1e-3  # max |log p| gap between sampler and likelihood
+
+
+@register_schema("algo", "policyflow")
+@dataclass
+class PolicyFlowConfig(FlowOnPolicyConfig):
+    """PolicyFlow (``flowrl.algos.PolicyFlow``): PPO on a velocity-difference ratio."""
+
+    _target_: str = "flowrl.algos.PolicyFlow"
+    name: str = "policyflow"
+    policies: list[str] = field(default_factory=lambda: ["policyflow"])
+    brownian_coef: float = 0.01  # w_b of the Brownian regularizer (ent_coef is w_g)
+    num_ratio_times: int = 8  # J, times per sample of the paper's ratio estimate
+    ratio_estimator: str = "paper"  # "paper" (J uniform times) or "grid" (THE K-step grid)
 
 
 @register_schema("algo", "ppo")
@@ -206,36 +229,77 @@ class FlowActorFields:
     act: str = "mish"  # activation
 
 
-@register_schema("policy", "flow")
 @dataclass
-class FlowPolicyConfig(PolicyConfig):
-    """ReinFlow's noise-injected flow policy (``flowrl.policies.FlowPolicy``)."""
+class FlowPolicyBaseConfig(PolicyConfig):
+    """What every flow policy of the on-policy core takes (``FlowPolicyBase``)."""
 
-    kind: str = "flow"
-    policy: str = "FlowPolicy"
     num_steps: int | None = None  # K; null: the actor's (a checkpoint's, else 8)
-    sigma_min: float = 0.10  # lower bound of the learned noise std (normalized actions)
-    sigma_max: float = 0.24  # its upper bound at the start of training
-    initial_std: float = 0.0  # std of the chain start a0 (0: the deterministic ODE's start)
-    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])  # noise-net widths
+    initial_std: float = 0.0  # std of the chain start / latent (0: the deterministic ODE's)
     value_hidden: list[int] = field(default_factory=lambda: [256, 256])  # value-net widths
     actor: FlowActorFields = field(default_factory=FlowActorFields)  # fresh actor only
 
     def policy_kwargs(self, pretrained: str | None = None) -> dict[str, Any]:
-        """FlowPolicy arguments: the pretrained checkpoint, else a fresh actor's fields."""
+        """The policy's arguments: the pretrained checkpoint, else a fresh actor's fields."""
         kwargs: dict[str, Any] = {
             "num_steps": self.num_steps,
-            "sigma_min": self.sigma_min,
-            "sigma_max": self.sigma_max,
             "initial_std": self.initial_std,
-            "noise_hidden": tuple(self.noise_hidden),
             "value_hidden": tuple(self.value_hidden),
+            **self.noise_kwargs(),
         }
         if pretrained is not None:
             kwargs["pretrained"] = pretrained
         else:
             kwargs["actor_config"] = asdict(self.actor)
         return kwargs
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """The noise model's arguments (each policy kind's own)."""
+        raise NotImplementedError
+
+
+@register_schema("policy", "flow")
+@dataclass
+class FlowPolicyConfig(FlowPolicyBaseConfig):
+    """ReinFlow's noise-injected flow policy (``flowrl.policies.FlowPolicy``)."""
+
+    kind: str = "flow"
+    policy: str = "FlowPolicy"
+    sigma_min: float = 0.10  # lower bound of the learned noise std (normalized actions)
+    sigma_max: float = 0.24  # its upper bound at the start of training
+    noise_hidden: list[int] = field(default_factory=lambda: [64, 64])  # noise-net widths
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """σ bounds and noise-net widths."""
+        return {
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "noise_hidden": tuple(self.noise_hidden),
+        }
+
+
+@register_schema("policy", "policyflow")
+@dataclass
+class PolicyFlowPolicyConfig(FlowPolicyBaseConfig):
+    """PolicyFlow's policy (``flowrl.policies.PolicyFlowPolicy``): ODE map plus noise."""
+
+    kind: str = "policyflow"
+    policy: str = "PolicyFlowPolicy"
+    initial_std: float = 1.0  # std of the latent z (1: as in BC training)
+    sigma_init: float = 0.3  # the action noise's std at the start (normalized actions)
+    sigma_min: float = 0.01  # its bounds
+    sigma_max: float = 1.0
+    state_dependent_std: bool = False  # sigma(o) from an MLP instead of one log-std per dim
+    std_hidden: list[int] = field(default_factory=lambda: [64, 64])  # that MLP's widths
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """σ's start, bounds and parameterization."""
+        return {
+            "sigma_init": self.sigma_init,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "state_dependent_std": self.state_dependent_std,
+            "std_hidden": tuple(self.std_hidden),
+        }
 
 
 @register_schema("policy", "gaussian")
@@ -254,7 +318,7 @@ class GaussianPolicyConfig(PolicyConfig):
         if pretrained is not None:
             raise ValueError(
                 f"pretrained={pretrained!r} is a FlowActor checkpoint, which only flow "
-                "policies load: use algo=reinflow (policy=flow) or drop pretrained"
+                "policies load: use algo=reinflow or algo=policyflow, or drop pretrained"
             )
         kwargs: dict[str, Any] = {}
         if self.net_arch is not None:
@@ -550,6 +614,10 @@ def save_curve_plot(
 # that lacks one ran with that value, so it still matches a config that has the value.
 ADDED_OPTIONS: dict[str, tuple[Any, str | None]] = {
     "algo.critic_full_epochs": (False, "reinflow"),
+    "algo.entropy_control": (None, "reinflow"),
+    "algo.cov_fraction": (None, "reinflow"),
+    "algo.clip_cov_bounds": ([1.0, 5.0], "reinflow"),
+    "algo.kl_cov_coef": (1.0, "reinflow"),
     "dataset.teacher_norm_obs": (False, None),
     "env.action_chunk": (1, None),
 }

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
 
 from flowrl.algos import BCConfig, FlowBC
 from flowrl.data import OfflineDataset
@@ -60,3 +61,21 @@ def weak_bc_actor() -> FlowActor:
     )
     bc.learn(progress_bar=False)
     return bc.actor_ema
+
+
+def pendulum_venv() -> VecNormalize:
+    """4 Pendulum envs with normalized rewards (observations are normalized in the policy)."""
+    venv = make_vec_env("Pendulum-v1", n_envs=4, seed=0)
+    return VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=0.95)
+
+
+def improvement(model, steps: int) -> dict[bool, float]:
+    """Train ``model`` for ``steps``; the change of the return, keyed by ``deterministic``."""
+    before = {d: evaluate(model, d) for d in (True, False)}
+    model.learn(steps)
+    after = {d: evaluate(model, d) for d in (True, False)}
+    print(
+        f"deterministic {before[True]:.0f} -> {after[True]:.0f}, "
+        f"stochastic {before[False]:.0f} -> {after[False]:.0f}"
+    )
+    return {d: after[d] - before[d] for d in (True, False)}

@@ -17,9 +17,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.sac.policies import SACPolicy
 
-from flowrl.algos import ReinFlow
+from flowrl.algos import PolicyFlow, ReinFlow
 from flowrl.data import Normalizer
-from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy
+from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,7 @@ TRAIN = load_script()
 
 ALGOS = {
     "reinflow": (ReinFlow, FlowPolicy),
+    "policyflow": (PolicyFlow, PolicyFlowPolicy),
     "ppo": (PPO, ActorCriticPolicy),
     "sac": (SAC, SACPolicy),
 }
@@ -79,7 +80,7 @@ def test_every_algo_builds_on_every_env(algo, env):
     cfg = TRAIN.as_train_config(config(f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])))
     algo_class, policy_class = ALGOS[algo]
     # No policy named: each algo brings its natural one.
-    assert cfg.policy.kind == {"reinflow": "flow"}.get(algo, "gaussian")
+    assert cfg.policy.kind == {"reinflow": "flow", "policyflow": "policyflow"}.get(algo, "gaussian")
     assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
     venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
     try:
@@ -112,6 +113,23 @@ def test_hyperparameters_and_policy_fields_reach_the_model():
     assert model.policy.num_steps == 3 and float(model.policy.sigma_max) == pytest.approx(0.3)
     assert model.policy.actor.config.width == 24 and model.policy.value_hidden == (8,)
 
+    cfg = config(
+        "algo=policyflow",
+        "algo.brownian_coef=0.2",
+        "algo.ratio_estimator=grid",
+        "algo.entropy_control=kl_cov",
+        "algo.cov_fraction=0.05",
+        "policy.num_steps=2",
+        "policy.sigma_init=0.2",
+        "policy.state_dependent_std=true",
+        "policy.initial_std=0.5",
+    )
+    model = TRAIN.build_model(cfg, venv)
+    assert (model.brownian_coef, model.ratio_estimator) == (0.2, "grid")
+    assert (model.entropy_control, model.cov_fraction) == ("kl_cov", 0.05)
+    assert model.policy.num_steps == 2 and model.policy.sigma_init == 0.2
+    assert model.policy.state_dependent_std and model.policy.initial_std == 0.5
+
     cfg = config("algo=ppo", "policy.net_arch=[16]", "policy.activation_fn=ReLU")
     model = TRAIN.build_model(cfg, venv)
     assert model.policy.net_arch == [16] and model.policy.activation_fn is torch.nn.ReLU
@@ -125,6 +143,8 @@ def test_hyperparameters_and_policy_fields_reach_the_model():
         (["algo.n_step=5"], "Key 'n_step' not in 'ReinFlowConfig'"),
         (["algo=ppo", "algo.bc_coef=0.1"], "Key 'bc_coef' not in 'PPOConfig'"),
         (["policy.num_step=2"], "Key 'num_step' not in 'FlowPolicyConfig'"),
+        (["algo=policyflow", "algo.brownian=0.1"], "Key 'brownian' not in 'PolicyFlowConfig'"),
+        (["algo=policyflow", "policy.noise_hidden=[8]"], "not in 'PolicyFlowPolicyConfig'"),
         (["algo=sac", "policy.num_steps=2"], "Key 'num_steps' not in 'GaussianPolicyConfig'"),
         (["env.max_steps=5"], "Key 'max_steps' not in 'EnvConfig'"),
         (["eval.episode=3"], "Key 'episode' not in 'EvalConfig'"),
@@ -156,6 +176,8 @@ def test_option_typos_list_the_options(group, typo, valid):
         (["algo=ppo", "policy=flow"], "policy=gaussian"),
         (["algo=sac", "policy=flow"], "policy=gaussian"),
         (["algo=reinflow", "policy=gaussian"], "policy=flow"),
+        (["algo=reinflow", "policy=policyflow"], "policy=flow"),
+        (["algo=policyflow", "policy=flow"], "policy=policyflow"),
     ],
 )
 def test_policy_the_algo_does_not_take_is_refused(overrides, valid, tmp_path):
@@ -232,6 +254,17 @@ def test_experiment_bundles_compose():
     assert Path(ROOT / cfg.dataset.path).is_file() and cfg.eval.freq == 50_000
     assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.995, 0.99)
     assert cfg.output_dir == "outputs/hopper_medium_1m/reinflow/seed3"
+    # PolicyFlow's row of that table: the same BC actor (pretrain_dir) and PPO settings.
+    cfg = TRAIN.as_train_config(config("experiment=hopper_medium_1m_policyflow", "seed=3"))
+    assert (cfg.algo.name, cfg.policy.kind, cfg.total_timesteps) == (
+        "policyflow",
+        "policyflow",
+        10**6,
+    )
+    assert recipe(cfg)[:3] + recipe(cfg)[5:] == (128, 4, 512, 1e-4, 0.01, 0.995, 0.99)
+    assert (cfg.policy.initial_std, cfg.policy.sigma_init) == (0.0, 0.1)
+    assert cfg.pretrain_dir == "outputs/hopper_medium_1m/pretrain"
+    assert cfg.output_dir == "outputs/hopper_medium_1m/policyflow/seed3"
     # The recipe alone, on any run; the command line still wins over it.
     cfg = TRAIN.as_train_config(config("+recipe=reinflow_mujoco", "env=walker2d", "n_envs=8"))
     assert recipe(cfg) == (128, 8, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)

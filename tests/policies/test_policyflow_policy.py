@@ -113,6 +113,20 @@ def test_pretrained_actor_is_copied_and_kept_as_reference(tmp_path):
         assert ours.requires_grad and not ref.requires_grad
 
 
+def _evaluate(policy, obs, sample, times, old, estimator):
+    """``policy.evaluate`` on a sample, its times and the old policy's terms."""
+    return policy.evaluate(
+        obs,
+        sample.latents,
+        sample.endpoints,
+        sample.actions,
+        times,
+        old["old_velocities"],
+        old["old_sigma"],
+        estimator,
+    )
+
+
 def _perturbed_ratio_errors(K, estimator, eps_values, B=1024):
     """Median |ρ̂/ρ − 1| of the estimate against the exact z-conditional ratio, per ε.
 
@@ -134,16 +148,7 @@ def _perturbed_ratio_errors(K, estimator, eps_values, B=1024):
             policy.load_state_dict(old)
             for name, p in policy.actor.named_parameters():
                 p.add_(eps * direction[name])
-            terms = policy.evaluate(
-                obs,
-                s.latents,
-                s.endpoints,
-                s.actions,
-                times,
-                before["old_velocities"],
-                before["old_sigma"],
-                estimator,
-            )
+            terms = _evaluate(policy, obs, s, times, before, estimator)
             exact = (policy.conditional_log_prob(obs, s.latents, s.actions) - s.log_prob).exp()
             error = (terms.log_ratio.exp() / exact - 1).abs().median()
             results.append((float(error), float((exact - 1).abs().median())))
@@ -180,16 +185,7 @@ def test_evaluate_at_the_old_parameters_gives_ratio_one_and_the_old_noise():
         times = ratio_times(estimator, 32, 8, 4)
         with torch.no_grad():
             old = policy.old_terms(obs, s.latents, s.endpoints, s.actions, times)
-        terms = policy.evaluate(
-            obs,
-            s.latents,
-            s.endpoints,
-            s.actions,
-            times,
-            old["old_velocities"],
-            old["old_sigma"],
-            estimator,
-        )
+        terms = _evaluate(policy, obs, s, times, old, estimator)
         assert float(terms.log_ratio.detach().abs().max()) < 1e-12
         torch.testing.assert_close(old["log_probs"], s.log_prob)
         # η at θ = θ̂ is v̂ − x_t: the Brownian term is the mean of its squared norm.

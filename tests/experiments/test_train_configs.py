@@ -340,10 +340,25 @@ def test_tiny_run_writes_everything_and_resumes(tmp_path, capsys):
     # (the behaviour the run had), and only that value.
     old = json.loads((out / "results.json").read_text())
     del old["config"]["env"]["action_chunk"], old["config"]["algo"]["critic_full_epochs"]
+    for key in ("entropy_control", "cov_fraction", "clip_cov_bounds", "kl_cov_coef"):
+        del old["config"]["algo"][key]  # ReinFlow runs from before the on-policy core
     (out / "results.json").write_text(json.dumps(old))
     assert TRAIN.train(config(*TINY_REINFLOW, f"output_dir={out}")) == old
     with pytest.raises(ValueError, match="differs in: env.action_chunk"):
         TRAIN.train(config(*TINY_REINFLOW, f"output_dir={out}", "env.action_chunk=2"))
+
+
+def test_tiny_policyflow_run_and_its_summary(tmp_path):
+    tiny = [o for o in TINY_REINFLOW if not o.startswith(("algo=", "policy.noise_hidden"))]
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        results = TRAIN.train(config("algo=policyflow", *tiny, f"seed={seed}", f"output_dir={out}"))
+        assert results["config"]["algo"]["name"] == "policyflow"
+        assert PolicyFlow.load(out / "model.zip").policy.num_steps == 2
+    summarize = importlib.import_module("summarize")
+    rows = summarize.summarize(summarize.load_runs([tmp_path / "seed0", tmp_path / "seed1"]))
+    assert {row["group"] for row in rows} == {"policyflow (scratch) on Pendulum-v1"}
+    assert [row["seeds"] for row in rows] == [[0, 1], [0, 1]]
 
 
 def test_tiny_ppo_run_saves_the_reward_normalizer(tmp_path):

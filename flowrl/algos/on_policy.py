@@ -495,9 +495,9 @@ class OnPolicyCore(OnPolicyAlgorithm):
             if self.clip_range_vf is not None
             else None
         )
-        names = ("pg", "value", "entropy", "bc", *self.extra_loss_names, "clip", "kl", "ratio")
-        stats: dict[str, list[float]] = {k: [] for k in (*names, "neg_log_prob", "cov", "cov_max")}
-        stats["selected"] = []
+        losses = ("pg", "value", "entropy", "bc", *self.extra_loss_names)
+        diagnostics = ("clip", "kl", "ratio", "neg_log_prob", "cov", "cov_max", "selected")
+        stats: dict[str, list[float]] = {k: [] for k in (*losses, *diagnostics)}
         first_deviation = first_ratio = float("nan")
         first_stats: dict[str, float] = {}
         first_order = np.random.permutation(self.rollout_buffer.buffer_size * self.n_envs)

@@ -4,7 +4,7 @@ A learner (``ReinFlow``, ``PolicyFlow``, …) subclasses :class:`OnPolicyCore` a
 only what its paper changes:
 
 (a) what one rollout step stores beside SB3's fields — :meth:`~OnPolicyCore._rollout_fields`
-    and :meth:`~OnPolicyCore._act`;
+    (or a whole buffer, :meth:`~OnPolicyCore._make_buffer`) and :meth:`~OnPolicyCore._act`;
 (b) its per-sample log-ratio on a minibatch — :meth:`~OnPolicyCore._policy_terms`, which
     also returns
 (c) its extra loss terms (entropy estimate, regularizers);
@@ -241,7 +241,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
     # ================================================================== what a learner defines
 
     def _rollout_fields(self) -> dict[str, tuple[int, ...]]:
-        """(a) Per-step shapes of the buffer fields beside SB3's."""
+        """(a) Per-step shapes of the buffer fields beside SB3's (read by ``_make_buffer``)."""
         raise NotImplementedError
 
     def _act(self, obs: Tensor) -> RolloutStep:

@@ -88,9 +88,6 @@ class ReinFlow(OnPolicyCore):
             n_envs=self.n_envs,
         )
 
-    def _rollout_fields(self) -> dict[str, tuple[int, ...]]:
-        return {"chains": (self.policy.num_steps + 1, self.action_space.shape[0])}  # type: ignore[index]
-
     # ------------------------------------------------------------------ schedule
 
     def sigma_max_at(self, progress_remaining: float) -> float:
@@ -126,9 +123,7 @@ class ReinFlow(OnPolicyCore):
 
     def _log_ratio(self, log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
         """Log π_new/π_old of each chain, reduced as ``log_prob_reduction`` says."""
-        log_ratio = log_prob - old_log_prob
-        scale = self._reduction_scale()
-        return log_ratio / scale if scale != 1 else log_ratio
+        return (log_prob - old_log_prob) / self._reduction_scale()
 
     def _policy_terms(self, batch: FieldRolloutSamples) -> PolicyTerms:
         """The chain's exact log-ratio (reduced as ``log_prob_reduction`` says) and entropy."""
@@ -136,9 +131,7 @@ class ReinFlow(OnPolicyCore):
             batch.observations, batch.fields["chains"]
         )
         log_ratio = self._log_ratio(log_prob, batch.old_log_prob)
-        scale = self._reduction_scale()
-        if scale != 1:
-            entropy = entropy / scale
+        entropy = entropy / self._reduction_scale()
         return PolicyTerms(log_ratio=log_ratio, log_prob=log_prob, entropy=entropy, values=values)
 
     def _first_minibatch_stats(self, batch: FieldRolloutSamples) -> dict[str, float]:

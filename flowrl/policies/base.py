@@ -266,7 +266,10 @@ class FlowPolicyBase(BasePolicy):
             obs: Raw observations, shape (B, Do).
             a0: Chain starts, shape (B, Da).
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        return self._endpoint(self.actor.normalize_obs(self._cast(obs)), a0)
+
+    def _endpoint(self, obs_n: Tensor, a0: Tensor) -> Tensor:
+        """:meth:`ode_endpoint` for already normalized observations (B, Do)."""
         return integrate(self.actor.velocity_fn(obs_n, self.num_steps), a0, self.num_steps)
 
     def bc_regularizer(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -278,7 +281,7 @@ class FlowPolicyBase(BasePolicy):
         """
         obs_n = self.actor.normalize_obs(self._cast(obs))
         a0 = self._noise(obs, generator)
-        ours = integrate(self.actor.velocity_fn(obs_n, self.num_steps), a0, self.num_steps)
+        ours = self._endpoint(obs_n, a0)
         with torch.no_grad():
             ref_obs_n = self.reference.normalize_obs(self._cast(obs))
             ref = integrate(

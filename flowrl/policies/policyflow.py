@@ -179,7 +179,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
         """
         obs_n = self.actor.normalize_obs(self._cast(obs))
         latents = self._initial_state(obs, generator)
-        endpoints = self.ode_endpoint(obs, latents)
+        endpoints = self._endpoint(obs_n, latents)
         sigma = self.sigma(obs_n)
         actions = endpoints + sigma * self._noise(obs, generator)
         log_prob = gaussian_log_prob(actions, endpoints, sigma)
@@ -274,7 +274,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
             actions: a (normalized), shape (B, Da).
         """
         obs_n = self.actor.normalize_obs(self._cast(obs))
-        endpoints = self.ode_endpoint(obs, latents)
+        endpoints = self._endpoint(obs_n, latents)
         return gaussian_log_prob(self._cast(actions), endpoints, self.sigma(obs_n))
 
     # ------------------------------------------------------------------ SB3 faces

@@ -62,8 +62,9 @@ FLOW = dict(actor_config=dict(width=64, depth=2), num_steps=4, value_hidden=(64,
 # KL-Cov: the paper's 2e-3 of a batch would be one sample of a 256-sample minibatch; 2 %
 # (5 samples) is the share used here, with the paper's β = 1.
 KL_COV = dict(entropy_control="kl_cov", cov_fraction=0.02, kl_cov_coef=1.0)
-# PolicyFlow's Brownian weight: a one-seed probe on the 4-goal task (100k steps) gave a goal
-# entropy of 0.82 with w_b = 0.1 and 0.0 (one goal) with w_b = 0 or 0.01.
+# PolicyFlow's Brownian weight w_b: 0.1, chosen on one-seed probes of the 4-goal task; the
+# ablation methods policyflow_wb0 and policyflow_wb0.01 (the library default) rerun it with
+# every seed.
 POLICYFLOW = dict(brownian_coef=0.1)
 
 
@@ -112,17 +113,20 @@ def _reinflow(initial_std: float) -> Callable[..., Any]:
     return build
 
 
-def _policyflow(env, seed: int, control: bool) -> Any:
-    return PolicyFlow(
-        "PolicyFlowPolicy",
-        env,
-        seed=seed,
-        ent_coef=ENT_COEF,
-        policy_kwargs=FLOW,
-        **POLICYFLOW,
-        **PPO_SETTINGS,
-        **(KL_COV if control else {}),
-    )
+def _policyflow(brownian_coef: float) -> Callable[..., Any]:
+    def build(env, seed: int, control: bool) -> Any:
+        return PolicyFlow(
+            "PolicyFlowPolicy",
+            env,
+            seed=seed,
+            ent_coef=ENT_COEF,
+            brownian_coef=brownian_coef,
+            policy_kwargs=FLOW,
+            **PPO_SETTINGS,
+            **(KL_COV if control else {}),
+        )
+
+    return build
 
 
 BUILDERS: dict[str, Callable[..., Any]] = {
@@ -130,7 +134,10 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "gaussian": _gaussian,
     "reinflow_a0_normal": _reinflow(1.0),
     "reinflow_a0_zero": _reinflow(0.0),
-    "policyflow": _policyflow,
+    "policyflow": _policyflow(POLICYFLOW["brownian_coef"]),
+    # Ablations of the Brownian weight (not in the default list of methods).
+    "policyflow_wb0": _policyflow(0.0),
+    "policyflow_wb0.01": _policyflow(0.01),
 }
 METHODS = [
     "ppo",
@@ -143,12 +150,15 @@ METHODS = [
     "policyflow",
     "policyflow+klcov",
 ]
+ABLATIONS = ["policyflow_wb0", "policyflow_wb0.01"]
 LABELS = {
     "ppo": "PPO (SB3, Gaussian)",
     "gaussian": "Gaussian PPO (core)",
     "reinflow_a0_normal": "ReinFlow, a⁰ ~ N(0, I)",
     "reinflow_a0_zero": "ReinFlow, a⁰ = 0",
     "policyflow": "PolicyFlow",
+    "policyflow_wb0": "PolicyFlow, w_b = 0",
+    "policyflow_wb0.01": "PolicyFlow, w_b = 0.01",
 }
 
 
@@ -162,7 +172,7 @@ def build(method: str, env, seed: int) -> Any:
     """The model of ``method`` ("<base>" or "<base>+klcov") on ``env``."""
     base, _, control = method.partition("+")
     if base not in BUILDERS or control not in ("", "klcov"):
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS + ABLATIONS}")
     return BUILDERS[base](env, seed, control == "klcov")
 
 
@@ -249,7 +259,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (num_goals, method): mean, std, IQM and its 95 % CI of each metric."""
     rows = []
     keys = sorted({(r["task"]["num_goals"], r["task"]["method"]) for r in records})
-    keys.sort(key=lambda k: (k[0], METHODS.index(k[1]) if k[1] in METHODS else 99))
+    order = METHODS + ABLATIONS
+    keys.sort(key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order)))
     for num_goals, method in keys:
         group = [r for r in records if r["task"]["num_goals"] == num_goals]
         group = [r for r in group if r["task"]["method"] == method]
@@ -326,7 +337,7 @@ def figures(records: list[dict[str, Any]], folder: Path) -> list[Path]:
     seed0 = {
         (r["task"]["method"], r["task"]["num_goals"]): r for r in records if r["task"]["seed"] == 0
     }
-    methods = [m for m in METHODS if any(key[0] == m for key in seed0)]
+    methods = [m for m in METHODS + ABLATIONS if any(key[0] == m for key in seed0)]
     layouts = sorted({key[1] for key in seed0})
     written = []
     for method in methods:
@@ -363,7 +374,11 @@ def figures(records: list[dict[str, Any]], folder: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated; also the ablations {', '.join(ABLATIONS)}",
+    )
     parser.add_argument("--goals", default="4,6", help="goal layouts (num_goals), comma-separated")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--steps", type=int, default=100_000)
@@ -380,8 +395,8 @@ def main() -> None:
         args.figures = "outputs/multigoal_quick/figures"
     methods = args.methods.split(",")
     for method in methods:  # checked before any run starts
-        if method not in METHODS:
-            parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in METHODS + ABLATIONS:
+            parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS + ABLATIONS)}")
     tasks = [
         {
             "method": method,

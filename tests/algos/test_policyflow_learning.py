@@ -2,8 +2,8 @@
 
 The same start as ReinFlow's learning test (``pendulum_bc.py``: about −1070 deterministic,
 −1080 stochastic). 60k env steps of PolicyFlow with the paper's estimator (~60 s on one
-core) went to −500 deterministic and −760 stochastic when measured; with the grid estimator
-to −354 and −467 (one seed each). The test asks for +300 and +150.
+core) went to −500 deterministic and −759 stochastic when measured (``-s`` prints them).
+The test asks for +300 and +150.
 """
 
 from pendulum_bc import improvement, pendulum_venv, weak_bc_actor

@@ -8,15 +8,19 @@ Hydra entry point (``configs/generators.yaml``; presets per data set in ``config
     python experiments/generators.py teacher.steps=500 stages=[teacher,evaluate]
 
 Every stage resumes from its checkpoint in ``output_dir`` and a finished stage is skipped,
-so re-running after an interruption continues where it stopped. Outputs per stage: a
-folder with ``checkpoint.pt``, sample grids and TensorBoard logs; at the end
-``results.json`` and ``results.md`` (teacher at several step counts, students at 1, 2, 4
-steps; metrics by data kind) and ``grids/*.png``.
+so re-running after an interruption continues where it stopped: Ctrl-C checkpoints the step
+it stopped at, after a kill at most ``checkpoint_interval`` steps are redone, and the resumed
+run is bit for bit the uninterrupted one (same ``threads``). Checkpoints are only read as
+tensors and plain data (``torch.load(weights_only=True)``), so a planted file cannot run
+code. Outputs per stage: a folder with ``checkpoint.pt``, sample grids and TensorBoard logs;
+at the end ``results.json`` and ``results.md`` (teacher at several step counts, students at
+1, 2, 4 steps; metrics by data kind) and ``grids/*.png``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +276,8 @@ def _fit(trainer: Any, stage: str, cfg: GeneratorsConfig, timings: dict[str, flo
     start = time.perf_counter()
     trainer.fit(progress_bar=cfg.progress_bar)
     timings[stage] = time.perf_counter() - start
-    print(f"{stage}: {trainer.step} steps ({timings[stage]:.0f} s this run)", flush=True)
+    resumed = "" if trainer.resumed_from is None else f", resumed from step {trainer.resumed_from}"
+    print(f"{stage}: {trainer.step} steps ({timings[stage]:.0f} s this run{resumed})", flush=True)
 
 
 def run(cfg: GeneratorsConfig) -> dict[str, Any]:
@@ -341,4 +346,9 @@ def main(cfg: GeneratorsConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The stage being trained has checkpointed the step it reached (see fit).
+        print("interrupted: run the same command again to resume", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -28,6 +28,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from flowrl.algos.bc import BCConfig, FlowBC
+from flowrl.checkpoints import TrainingCheckpoint, atomic_save, training_state
 from flowrl.data import (
     OfflineDataset,
     chunk_actions,
@@ -121,11 +122,21 @@ class ObsNormalizedTeacher:
         return self.model.predict(obs, deterministic=deterministic)
 
 
-def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: Path) -> Any:
-    """The SB3 teacher of a medium/expert dataset, trained once and cached as teacher.zip.
+def _train_teacher(
+    cfg: DatasetStageConfig,
+    env_id: str,
+    env_kwargs: dict,
+    out: Path,
+    checkpoint_steps: int = 50_000,
+) -> Any:
+    """The SB3 teacher of a medium/expert dataset, trained once and cached.
 
-    With ``cfg.teacher_norm_obs`` its ``VecNormalize`` statistics are cached beside it
-    (``teacher_vecnormalize.pkl``) and the returned predictor normalizes raw observations.
+    The cache is ``teacher.pt``, a flowrl training state (weights and, with
+    ``cfg.teacher_norm_obs``, the ``VecNormalize`` statistics; read without unpickling);
+    ``teacher.zip`` is written beside it for SB3 users but never loaded here. Training writes
+    a resumable ``teacher.ckpt`` every ``checkpoint_steps`` env steps and on Ctrl-C/SIGTERM,
+    and a rerun continues from it. With ``cfg.teacher_norm_obs`` the returned predictor
+    normalizes raw observations.
     """
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
@@ -134,31 +145,50 @@ def _train_teacher(cfg: DatasetStageConfig, env_id: str, env_kwargs: dict, out: 
     algos: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
     if cfg.teacher not in algos:
         raise ValueError(f"dataset.teacher must be one of {sorted(algos)}, got {cfg.teacher!r}")
-    path, stats = out / "teacher.zip", out / "teacher_vecnormalize.pkl"
     n_envs = cfg.teacher_n_envs if cfg.teacher == "ppo" else 1
-    if path.exists() and not cfg.teacher_norm_obs:
-        return algos[cfg.teacher].load(path, device="cpu")
-    venv = make_vec_env(env_id, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
-    if path.exists() and stats.exists():  # VecNormalize.load needs the env it wraps
-        teacher = algos[cfg.teacher].load(path, device="cpu")
-        return ObsNormalizedTeacher(teacher, VecNormalize.load(str(stats), venv))
+    venv: Any = make_vec_env(env_id, n_envs=n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
     if cfg.teacher_norm_obs:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
     teacher = algos[cfg.teacher]("MlpPolicy", venv, seed=cfg.seed, device="cpu")
-    teacher.learn(cfg.teacher_timesteps)
-    # Each file under a temporary name first, the statistics before teacher.zip: an
-    # interrupted save leaves no half-written teacher.zip, and a teacher.zip always has its
-    # statistics beside it.
+    final = TrainingCheckpoint(out / "teacher.pt", save_freq=0)
+    if final.exists():
+        final.resume(teacher)
+    else:
+        ckpt = TrainingCheckpoint(out / "teacher.ckpt", save_freq=checkpoint_steps)
+        (out / "teacher.ckpt.tmp").unlink(missing_ok=True)  # a process killed mid-write
+        resumed = ckpt.exists()
+        if resumed:
+            ckpt.resume(teacher)
+            print(f"dataset: resuming the teacher at step {teacher.num_timesteps}")
+        if teacher.num_timesteps < cfg.teacher_timesteps:
+            try:
+                teacher.learn(
+                    cfg.teacher_timesteps - teacher.num_timesteps,
+                    callback=ckpt,
+                    reset_num_timesteps=not resumed,
+                )
+            except KeyboardInterrupt:
+                ckpt.save_latest()
+                print(f"\ndataset: teacher interrupted; checkpoint -> {ckpt.path}")
+                raise
+        atomic_save(training_state(teacher), final.path)  # the finished teacher, then SB3 files
+        if cfg.teacher_norm_obs:
+            venv.save(str(out / "teacher_vecnormalize.partial.pkl"))
+            os.replace(out / "teacher_vecnormalize.partial.pkl", out / "teacher_vecnormalize.pkl")
+        teacher.save(out / "teacher.partial.zip")
+        os.replace(out / "teacher.partial.zip", out / "teacher.zip")
+        ckpt.path.unlink(missing_ok=True)
     if cfg.teacher_norm_obs:
-        venv.save(str(out / "teacher_vecnormalize.partial.pkl"))
-        os.replace(out / "teacher_vecnormalize.partial.pkl", stats)
-    teacher.save(out / "teacher.partial.zip")
-    os.replace(out / "teacher.partial.zip", path)
-    return ObsNormalizedTeacher(teacher, venv) if cfg.teacher_norm_obs else teacher
+        return ObsNormalizedTeacher(teacher, venv)
+    return teacher
 
 
 def make_dataset(
-    cfg: DatasetStageConfig, env_id: str, out: Path, env_kwargs: dict | None = None
+    cfg: DatasetStageConfig,
+    env_id: str,
+    out: Path,
+    env_kwargs: dict | None = None,
+    checkpoint_steps: int = 50_000,
 ) -> Path:
     """Make (or find) the offline dataset; return the path of its ``.npz``.
 
@@ -167,6 +197,7 @@ def make_dataset(
         env_id: Gymnasium id of the env, e.g. ``"Hopper-v5"``.
         out: Folder of this stage (``teacher.zip``, ``dataset.npz``, ``dataset.json``).
         env_kwargs: Extra ``gym.make`` arguments.
+        checkpoint_steps: Env steps between the teacher's resumable checkpoints.
 
     Returns:
         The dataset file.
@@ -187,7 +218,7 @@ def make_dataset(
     if cfg.quality == "random":
         policy: Any = random_policy(env.action_space, seed=cfg.seed)
     else:
-        policy = _train_teacher(cfg, env_id, env_kwargs, out)
+        policy = _train_teacher(cfg, env_id, env_kwargs, out, checkpoint_steps)
     collected = collect_dataset(
         env, policy, cfg.transitions, deterministic=cfg.deterministic, seed=cfg.seed + 1
     )
@@ -216,11 +247,14 @@ def behaviour_clone(
     out: Path,
     progress_bar: bool = True,
     action_chunk: int = 1,
+    checkpoint_interval: int = 1000,
 ) -> Path:
     """Behaviour-clone a flow actor on the dataset; return the path of ``bc.pt``.
 
     The EMA actor is saved with its normalizers (``FlowActor.load`` restores it); TensorBoard
-    logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt``. With
+    logs go to ``out/tb`` and a resumable trainer checkpoint to ``out/trainer.ckpt`` every
+    ``checkpoint_interval`` steps and on Ctrl-C/SIGTERM: a rerun resumes from it and ends
+    with the same weights as an uninterrupted run. With
     ``action_chunk`` Ta > 1 the actor learns chunks of Ta actions (:func:`chunk_actions`), for
     an env wrapped in :class:`~flowrl.envs.ActionChunk`.
     """
@@ -236,9 +270,18 @@ def behaviour_clone(
     if action_chunk > 1:
         env = ActionChunk(env, action_chunk)
     start = time.time()
-    bc = FlowBC.from_dataset(data, env=env, actor_config=dict(cfg.actor), config=cfg.train)
+    ckpt = out / "trainer.ckpt"
+    (out / "trainer.ckpt.tmp").unlink(missing_ok=True)  # left by a process killed mid-write
+    if ckpt.exists():
+        bc = FlowBC.load_checkpoint(ckpt, data)
+        print(f"bc: resuming {ckpt} at step {bc.step}")
+    else:
+        bc = FlowBC.from_dataset(data, env=env, actor_config=dict(cfg.actor), config=cfg.train)
     bc.learn(
-        tensorboard_log=out / "tb", checkpoint_path=out / "trainer.ckpt", progress_bar=progress_bar
+        tensorboard_log=out / "tb",
+        checkpoint_path=ckpt,
+        checkpoint_interval=checkpoint_interval,
+        progress_bar=progress_bar,
     )
     partial = out / "bc.partial.pt"
     bc.actor_ema.save(partial)

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 
 from pretrain import differences
-from train import with_added_options
+from train import read_results, with_added_options
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -44,7 +44,7 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
         path = folder / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{folder} has no results.json (unfinished run?)")
-        result = json.loads(path.read_text())
+        result = read_results(path)
         if "curve" not in result:
             raise ValueError(f"{path} has no learning curve (a run without the finetune stage)")
         config = result["config"] = with_added_options(result["config"])

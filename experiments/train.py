@@ -34,8 +34,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
+from flowrl.algos.on_policy import check_on_policy_args
 from flowrl.callbacks import LearningCurveCallback
+from flowrl.checkpoints import TrainingCheckpoint
 from flowrl.envs import ActionChunk
 
 from pretrain import (
@@ -69,8 +76,15 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the training envs
 # Fields that change neither what is trained nor how: a finished run with other values of
 # these is still the same run.
-RESUME_IGNORED = ("output_dir", "progress_bar", "verbose")
+RESUME_IGNORED = ("output_dir", "progress_bar", "verbose", "checkpoint")
 STAGES = ("dataset", "bc", "finetune")
+CHECKPOINT = "checkpoint.pt"  # an unfinished fine-tuning run's resumable state
+PARTIAL_FILES = (
+    f"{CHECKPOINT}.tmp",
+    "model.partial.zip",
+    "vecnormalize.partial.pkl",
+    "results.json.tmp",
+)
 
 
 def register_schema(group: str, name: str) -> Any:
@@ -378,6 +392,20 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When long stages write resumable checkpoints (a rerun of the command resumes).
+
+    An interruption (Ctrl-C, SIGTERM) also writes one: BC at the step it stopped, fine-tuning
+    at its last update boundary. A killed process (SIGKILL, a crash) loses at most one period.
+    """
+
+    bc_steps: int = 1000  # BC gradient steps between checkpoints (bc/trainer.ckpt)
+    # env steps of RL training between checkpoints: fine-tuning (checkpoint.pt) and the
+    # dataset stage's teacher (dataset/teacher.ckpt)
+    finetune_steps: int = 50_000
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run reads (Hydra validates overrides against these fields)."""
 
@@ -393,6 +421,7 @@ class TrainConfig:
     progress_bar: bool = True  # SB3's progress bar
     verbose: int = 0  # SB3 verbosity (1: a table per rollout; eval lines)
     device: str = "cpu"  # torch device
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # resumable runs
     # Where the run writes (model, curve, results, TensorBoard). A sweep over other keys than
     # algo, env and seed must name them here, e.g. 'outputs/lr${algo.learning_rate}/seed${seed}'.
     output_dir: str = "outputs/train/${algo.name}/${env.name}/seed${seed}"
@@ -430,9 +459,34 @@ def compose_config(*overrides: str) -> TrainConfig:
 
 
 def as_train_config(cfg: TrainConfig | DictConfig) -> TrainConfig:
-    """A composed ``DictConfig`` or a hand-built :class:`TrainConfig`, validated and resolved."""
+    """A composed ``DictConfig`` or a hand-built :class:`TrainConfig`, validated and resolved.
+
+    Raises:
+        ValueError: For a key no schema has (e.g. ``+algo.lerning_rate=…``, which Hydra
+            would otherwise add and then drop without a word), naming the valid keys.
+    """
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    _check_unknown_keys(node, "")
     return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
+def _check_unknown_keys(node: DictConfig, prefix: str) -> None:
+    """Raise on keys of ``node`` (recursively) that its dataclass schema does not have."""
+    schema = OmegaConf.get_type(node)
+    if schema is not None and is_dataclass(schema):
+        known = [f.name for f in fields(schema)]
+        for key in node:
+            if key not in known:
+                close = get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {prefix}{close[0]}? " if close else ""
+                raise ValueError(
+                    f"{prefix}{key} is not an option of {schema.__name__}: {hint}its options "
+                    f"are {', '.join(k for k in known if not k.startswith('_'))}"
+                )
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_unknown_keys(child, f"{prefix}{key}.")
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -457,6 +511,22 @@ def check_compatible(cfg: TrainConfig) -> None:
             "stages includes bc, which makes the pretrained actor: drop pretrained=, or drop "
             "bc from stages to fine-tune a given checkpoint"
         )
+    for name, value, low in (
+        ("total_timesteps", cfg.total_timesteps, 1),
+        ("n_envs", cfg.n_envs, 1),
+        ("threads", cfg.threads, 1),
+        ("eval.freq", cfg.eval.freq, 1),
+        ("eval.episodes", cfg.eval.episodes, 1),
+        ("checkpoint.bc_steps", cfg.checkpoint.bc_steps, 0),
+        ("checkpoint.finetune_steps", cfg.checkpoint.finetune_steps, 0),
+        ("bc.train.steps", cfg.bc.train.steps, 1),
+    ):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if cfg.env.n_envs is not None and cfg.env.n_envs < 1:
+        raise ValueError(f"env.n_envs must be >= 1 (or null), got {cfg.env.n_envs}")
+    if not 0 < cfg.algo.gamma <= 1:
+        raise ValueError(f"algo.gamma (the discount) must lie in (0, 1], got {cfg.algo.gamma}")
     if cfg.env.action_chunk < 1:
         raise ValueError(f"env.action_chunk must be >= 1, got {cfg.env.action_chunk}")
     if cfg.env.action_chunk > 1 and cfg.env.vec_env == "mjx":
@@ -569,6 +639,17 @@ def build_model(cfg: TrainConfig | DictConfig, venv: VecEnv) -> BaseAlgorithm:
             f"pretrained={cfg.pretrained!r}: no such checkpoint (a FlowActor saved by BC, "
             "e.g. FlowBC.actor_ema.save(path)); paths are relative to the working directory"
         )
+    # SB3's PPO too: one set of checks (by fields: a test may load this file twice)
+    if all(hasattr(cfg.algo, key) for key in ("n_steps", "batch_size", "n_epochs")):
+        check_on_policy_args(
+            n_steps=cfg.algo.n_steps,
+            batch_size=cfg.algo.batch_size,
+            n_epochs=cfg.algo.n_epochs,
+            gamma=cfg.algo.gamma,
+            gae_lambda=cfg.algo.gae_lambda,
+            n_envs=venv.num_envs,
+            warn=False,  # the learners warn themselves
+        )
     make = hydra.utils.instantiate(
         {"_target_": cfg.algo._target_, **cfg.algo.hyperparameters()},
         _partial_=True,
@@ -637,6 +718,24 @@ def with_added_options(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's ``results.json``.
+
+    Raises:
+        ValueError: If the file is damaged (not JSON, or not a results object), naming it.
+    """
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is damaged ({err}): it is written last and atomically by a finished run, "
+            "so something else changed it; delete it to train this run again"
+        ) from None
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise ValueError(f"{path} is not a flowrl results file (no 'config' object)")
+    return results
+
+
 def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The results of a finished run of this config in ``out``; None if there is none.
 
@@ -646,7 +745,7 @@ def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     path = out / "results.json"
     if not path.exists():
         return None
-    results = json.loads(path.read_text())
+    results = read_results(path)
     relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
     saved = with_added_options(results.get("config", {}))
     changed = differences(relevant(saved), relevant(config))
@@ -677,6 +776,8 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     check_compatible(cfg)
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
+    for partial in PARTIAL_FILES:  # left by a process killed while writing
+        (out / partial).unlink(missing_ok=True)
     results: dict[str, Any] = {"config": config}
     pretrained = _pretrain(cfg, results)
     if "finetune" not in cfg.stages:
@@ -702,18 +803,37 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         evaluate_at_start=cfg.eval.at_start,
         verbose=cfg.verbose,
     )
-    start = time.perf_counter()
-    model.learn(
-        -(-cfg.total_timesteps // chunk),
-        callback=curve,
-        tb_log_name=cfg.algo.name,
-        progress_bar=cfg.progress_bar,
+    ckpt = TrainingCheckpoint(
+        out / CHECKPOINT,
+        save_freq=cfg.checkpoint.finetune_steps // chunk if cfg.checkpoint.finetune_steps else 0,
+        extra=lambda: {"config": config, "curve": curve.state_dict()},
     )
-    wall = time.perf_counter() - start
+    resumed = _resume(ckpt, model, curve, config)
+    budget = -(-cfg.total_timesteps // chunk)
+    start = time.perf_counter()
+    if model.num_timesteps < budget:
+        with _sigterm_as_interrupt():
+            try:
+                model.learn(
+                    budget - model.num_timesteps,
+                    callback=[curve, ckpt],
+                    tb_log_name=cfg.algo.name,
+                    reset_num_timesteps=not resumed,
+                    progress_bar=cfg.progress_bar,
+                )
+            except KeyboardInterrupt:
+                if ckpt.save_latest():
+                    steps = ckpt.latest["counters"]["num_timesteps"]  # type: ignore[index]
+                    print(
+                        f"\n{out}: interrupted; checkpoint of step {steps} written to "
+                        f"{ckpt.path}: rerun the same command to resume",
+                        flush=True,
+                    )
+                raise
+        ckpt.write()  # the finished state: a crash while writing the outputs loses nothing
+    wall = curve.state_dict()["elapsed_s"] if resumed else time.perf_counter() - start
 
-    model.save(out / "model.zip")
-    if isinstance(venv, VecNormalize):
-        venv.save(str(out / "vecnormalize.pkl"))
+    _save_model(model, venv, out)
     curve.save_csv(out / "curve.csv")
     title = f"{cfg.algo.name} on {cfg.env.id}, seed {cfg.seed}"
     save_curve_plot(curve.curve, out / "curve.png", title)
@@ -729,11 +849,66 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         curve=curve.curve,
     )
     _write_results(out, results)
+    ckpt.path.unlink(missing_ok=True)  # results.json now marks the run finished
     venv.close()
     eval_env.close()
     print(f"{out}: {results['env_steps']} env steps in {wall:.0f} s", flush=True)
     print(_summary(cfg, results), flush=True)
     return results
+
+
+def _resume(
+    ckpt: TrainingCheckpoint,
+    model: BaseAlgorithm,
+    curve: LearningCurveCallback,
+    config: dict[str, Any],
+) -> bool:
+    """Restore an interrupted run of this config from its checkpoint; False if there is none.
+
+    Raises:
+        ValueError: If the checkpoint is damaged or of another config.
+    """
+    if not ckpt.exists():
+        return False
+    state = ckpt.load()
+    relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
+    saved = state["extra"].get("config", {})
+    changed = differences(relevant(with_added_options(saved)), relevant(config))
+    if changed:
+        raise ValueError(
+            f"{ckpt.path} is a checkpoint of another config (differs in: {', '.join(changed)}); "
+            "choose another output_dir or delete the checkpoint to start afresh"
+        )
+    ckpt.resume(model, state)
+    curve.load_state_dict(state["extra"]["curve"])
+    print(f"{ckpt.path}: resuming at step {model.num_timesteps}", flush=True)
+    return True
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler's stop) interrupts like Ctrl-C does."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _save_model(model: BaseAlgorithm, venv: VecEnv, out: Path) -> None:
+    """model.zip (and vecnormalize.pkl), each under a temporary name first."""
+    model.save(out / "model.partial.zip")
+    os.replace(out / "model.partial.zip", out / "model.zip")
+    if isinstance(venv, VecNormalize):
+        venv.save(str(out / "vecnormalize.partial.pkl"))
+        os.replace(out / "vecnormalize.partial.pkl", out / "vecnormalize.pkl")
 
 
 def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
@@ -747,7 +922,13 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
             f"stage bc needs a dataset: add the dataset stage, set dataset.path, or make "
             f"{made} first"
         )
-    dataset_path = make_dataset(cfg.dataset, cfg.env.id, root / "dataset", make_kwargs(cfg.env))
+    dataset_path = make_dataset(
+        cfg.dataset,
+        cfg.env.id,
+        root / "dataset",
+        make_kwargs(cfg.env),
+        cfg.checkpoint.finetune_steps,
+    )
     returns = dataset_returns(dataset_path)
     results["dataset"] = {
         "path": str(dataset_path),
@@ -758,7 +939,13 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
     if "bc" not in cfg.stages:
         return cfg.pretrained
     path = behaviour_clone(
-        cfg.bc, dataset_path, cfg.env.id, root / "bc", cfg.progress_bar, cfg.env.action_chunk
+        cfg.bc,
+        dataset_path,
+        cfg.env.id,
+        root / "bc",
+        cfg.progress_bar,
+        cfg.env.action_chunk,
+        cfg.checkpoint.bc_steps,
     )
     results["bc"] = {"path": str(path), "steps": cfg.bc.train.steps}
     return str(path)

@@ -15,6 +15,7 @@ import copy
 import csv
 import os
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -99,6 +100,8 @@ class LearningCurveCallback(BaseCallback):
         self.curve: list[dict[str, float]] = []
         self.eval_seconds = 0.0
         self._start = time.perf_counter()
+        self._elapsed_before = 0.0  # seconds of earlier sessions of a resumed run
+        self._resumed = False
         self._next_eval = self.eval_freq
         self._last_eval_step: int | None = None
         self.env_steps: int | None = None  # set when training starts
@@ -120,7 +123,8 @@ class LearningCurveCallback(BaseCallback):
         self._next_eval = (self.model.num_timesteps // self.eval_freq + 1) * self.eval_freq
         if self.env_steps is None:
             self.env_steps = int(self.model.num_timesteps)
-        if self.evaluate_at_start:
+        # A resumed run's curve already starts where training started.
+        if self.evaluate_at_start and not self._resumed:
             self.evaluate()
 
     def _on_step(self) -> bool:
@@ -185,7 +189,7 @@ class LearningCurveCallback(BaseCallback):
             if velocities:
                 row[f"x_velocity_{mode}_mean"] = float(np.mean(velocities))
         self.eval_seconds += time.perf_counter() - start
-        row["time_s"] = time.perf_counter() - self._start
+        row["time_s"] = self._elapsed_before + time.perf_counter() - self._start
         self.curve.append(row)
         self._last_eval_step = steps
         for key, value in row.items():
@@ -207,6 +211,27 @@ class LearningCurveCallback(BaseCallback):
         eval_norm: VecNormalize | None = unwrap_vec_normalize(self.eval_env)
         if train_norm is not None and eval_norm is not None and train_norm.norm_obs:
             eval_norm.obs_rms = copy.deepcopy(train_norm.obs_rms)
+
+    # ------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict[str, Any]:
+        """The curve and counters, as plain data (a resumable checkpoint keeps them)."""
+        return {
+            "curve": [dict(row) for row in self.curve],
+            "eval_seconds": self.eval_seconds,
+            "elapsed_s": self._elapsed_before + time.perf_counter() - self._start,
+            "env_steps": self.env_steps,
+            "last_eval_step": self._last_eval_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the curve of a resumed run (call before ``learn``)."""
+        self.curve = [dict(row) for row in state["curve"]]
+        self.eval_seconds = float(state["eval_seconds"])
+        self._elapsed_before = float(state["elapsed_s"])
+        self.env_steps = state["env_steps"]
+        self._last_eval_step = state["last_eval_step"]
+        self._resumed = True
 
     # ------------------------------------------------------------------ output
 

@@ -14,9 +14,12 @@ any device, linear memory) and ``"explicit"`` (plain softmax attention different
 PyTorch itself: quadratic memory, for debugging and comparisons). ``"auto"`` picks Triton for
 CUDA tensors when it is installed and the reference otherwise.
 
-Gradients flow through the primal output only: the tangent Ȯ is returned as a constant (no
-graph), which is what sCM/rCM need (the tangent feeds a stop-gradient target). Second-order
-derivatives (backward of backward, JVP of the backward) are not implemented.
+Gradients flow through the primal output only. The tangent Ȯ is not differentiable: sCM/rCM
+only use it in a stop-gradient target (under ``torch.no_grad()`` or detached), and a backward
+pass that reaches it (a loss on the tangent, as in MeanFlow-style objectives) raises a
+``RuntimeError`` instead of silently dropping attention's share of the gradient; use
+``backend="explicit"`` for such losses. Second-order derivatives (backward of backward, JVP of
+the backward) are not implemented either.
 """
 
 from __future__ import annotations
@@ -129,6 +132,53 @@ def _forward(
     )
 
 
+_TANGENT_NOT_DIFFERENTIABLE = (
+    "flowrl.kernels.jvp_attention: backward reached the tangent (the forward-mode derivative "
+    "Ȯ) of the fused attention, which is not differentiable; its gradient would be silently "
+    "partial. Use the tangent only as a stop-gradient target (compute it under "
+    "torch.no_grad() or .detach() it, as sCM/rCM do), or, for a loss that differentiates "
+    'through the tangent (MeanFlow-style objectives), build the attention with backend="explicit" '
+    "(plain softmax attention that PyTorch differentiates to any order)"
+)
+
+
+class _AttentionTangent(torch.autograd.Function):
+    """Ȯ of the fused pass, as a node whose backward refuses instead of being a constant.
+
+    ``apply(q, k, v, tq, tk, tv, key_padding_mask, scale, causal, backend)``. Inside
+    :meth:`JVPAttentionFunction.jvp`, so that a backward pass through the tangent meets this
+    node (wired to q, k, v and their tangents) and raises, rather than finding no graph.
+    """
+
+    @staticmethod
+    def forward(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        tq: Tensor | None,
+        tk: Tensor | None,
+        tv: Tensor | None,
+        key_padding_mask: Tensor | None,
+        scale: float,
+        causal: bool,
+        backend: str,
+    ) -> Tensor:
+        """Ȯ (B, H, Nq, D) from one fused pass (autograd records nothing inside)."""
+        if tq is None and tk is None and tv is None:
+            return q.new_zeros((*q.shape[:-1], v.shape[-1]))
+        _, out_dot, _ = _forward(backend, q, k, v, (tq, tk, tv), scale, causal, key_padding_mask)
+        return out_dot
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        """Nothing to save: the backward only raises."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_out_dot: Tensor) -> tuple[Any, ...]:
+        """Always raises: see the module docstring."""
+        raise RuntimeError(_TANGENT_NOT_DIFFERENTIABLE)
+
+
 class JVPAttentionFunction(torch.autograd.Function):
     """Attention as an autograd Function with a FlashAttention backward and a fused JVP.
 
@@ -184,15 +234,17 @@ class JVPAttentionFunction(torch.autograd.Function):
     def jvp(
         ctx: Any, tq: Tensor | None, tk: Tensor | None, tv: Tensor | None, *_: Any
     ) -> tuple[Any, ...]:
-        """Ȯ from the tangents of q, k, v (None = zero); the lse output gets none."""
+        """Ȯ from the tangents of q, k, v (None = zero); the lse output gets none.
+
+        Ȯ is not differentiable: a backward pass through it raises (see the module docstring).
+        """
         q, k, v = ctx.saved_tensors
         # One fused pass gives Ȯ (and recomputes O, which costs little extra once S and Ṡ
-        # are formed): no N × N tensor. The tangent is a constant for autograd (see the
-        # module docstring).
-        with torch.no_grad():
-            _, out_dot, _ = _forward(
-                ctx.backend, q, k, v, (tq, tk, tv), ctx.scale, ctx.causal, ctx.key_padding_mask
-            )
+        # are formed): no N × N tensor. Run as a Function so that, when grad mode is on, Ȯ
+        # carries a node whose backward refuses; under no_grad it stays a plain tensor.
+        out_dot = _AttentionTangent.apply(
+            q, k, v, tq, tk, tv, ctx.key_padding_mask, ctx.scale, ctx.causal, ctx.backend
+        )
         return out_dot, None
 
 

@@ -12,14 +12,17 @@ shortcut self-consistency) with Adam, clips gradients, keeps an EMA copy of the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flowrl.checkpoints import DeferredInterrupt, atomic_save, load_checkpoint_file
 from flowrl.data.datasets import OfflineDataset
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.times import make_time_sampler
@@ -27,7 +30,15 @@ from flowrl.nets.ema import EMA
 from flowrl.optim import guarded_step
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
-__all__ = ["BCConfig", "FlowBC"]
+__all__ = ["BCConfig", "FlowBC", "dataset_fingerprint"]
+
+
+def dataset_fingerprint(dataset: OfflineDataset) -> dict[str, Any]:
+    """Rows and a checksum of a dataset's observations and actions (which data a run saw)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (dataset.observations, dataset.actions):
+        digest.update(np.ascontiguousarray(array).view(np.uint8).tobytes())
+    return {"rows": len(dataset), "checksum": digest.hexdigest()}
 
 
 @dataclass
@@ -98,6 +109,7 @@ class FlowBC:
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.step = 0
         self.losses: list[float] = []
+        self._fingerprint: dict[str, Any] | None = None  # of the dataset, on first save
 
     @classmethod
     def from_dataset(
@@ -192,8 +204,10 @@ class FlowBC:
             tensorboard_log: Folder for TensorBoard event files (``train/<name>`` scalars).
             progress_bar: Show a tqdm bar.
             checkpoint_path: If set, save a resumable trainer checkpoint there every
-                ``checkpoint_interval`` steps and at the end.
-            checkpoint_interval: Steps between checkpoints.
+                ``checkpoint_interval`` steps, at the end and when interrupted (Ctrl-C);
+                :meth:`load_checkpoint` resumes it bit for bit.
+            checkpoint_interval: Steps between checkpoints (0: only at the end and on
+                interruption).
 
         Returns:
             ``self``.
@@ -203,20 +217,36 @@ class FlowBC:
         if tensorboard_log is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(os.fspath(tensorboard_log))
+            # A resumed run continues the same event files; purge_step hides what the
+            # interrupted run logged past its checkpoint.
+            writer = SummaryWriter(os.fspath(tensorboard_log), purge_step=self.step or None)
         bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc="BC")
+        stop = DeferredInterrupt("BC")
         try:
-            while self.step < total:
-                scalars = self.train_step()
-                self.losses.append(scalars["loss"])
-                bar.update(1)
-                if self.step % self.config.log_interval == 0 or self.step == total:
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-                    if writer is not None:
-                        for name, value in scalars.items():
-                            writer.add_scalar(f"train/{name}", value, self.step)
-                if checkpoint_path is not None and self.step % checkpoint_interval == 0:
-                    self.save_checkpoint(checkpoint_path)
+            with stop:  # a Ctrl-C lands between two whole steps
+                while self.step < total:
+                    stop.raise_if_requested()
+                    scalars = self.train_step()
+                    self.losses.append(scalars["loss"])
+                    bar.update(1)
+                    if self.step % self.config.log_interval == 0 or self.step == total:
+                        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                        if writer is not None:
+                            for name, value in scalars.items():
+                                writer.add_scalar(f"train/{name}", value, self.step)
+                    if (
+                        checkpoint_path is not None
+                        and checkpoint_interval
+                        and self.step % checkpoint_interval == 0
+                    ):
+                        self.save_checkpoint(checkpoint_path)
+        except KeyboardInterrupt:
+            # A signal waited for its step to end: the state is whole (a second Ctrl-C
+            # stops mid-step, and then the last periodic checkpoint stands).
+            if checkpoint_path is not None and stop.clean:
+                self.save_checkpoint(checkpoint_path)
+                print(f"\nBC interrupted at step {self.step}; checkpoint -> {checkpoint_path}")
+            raise
         finally:
             bar.close()
             if writer is not None:
@@ -231,6 +261,8 @@ class FlowBC:
         """Save everything needed to resume training bit for bit (atomic write)."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(self.dataset)
         state = {
             "actor": self.actor.checkpoint(),
             "ema": self.ema.state_dict(),
@@ -240,19 +272,41 @@ class FlowBC:
             "step": self.step,
             "losses": self.losses,
             "config": asdict(self.config),
+            "dataset": self._fingerprint,
         }
-        torch.save(state, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        atomic_save(state, path)
 
     @classmethod
     def load_checkpoint(cls, path: str | os.PathLike, dataset: OfflineDataset) -> FlowBC:
-        """Resume a trainer saved by :meth:`save_checkpoint` on the same dataset."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no BC checkpoint at {os.fspath(path)!r}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        trainer = cls(
-            FlowActor.from_checkpoint(state["actor"]), dataset, BCConfig(**state["config"])
+        """Resume a trainer saved by :meth:`save_checkpoint` on the same dataset.
+
+        The file is read with ``weights_only=True``: tensors and plain data only, nothing of
+        it runs.
+
+        Raises:
+            FileNotFoundError: If there is no file.
+            ValueError: If the file is damaged, not a BC trainer checkpoint, or was trained
+                on another dataset (its normalizers were fitted on that one).
+        """
+        name = os.fspath(path)
+        state = load_checkpoint_file(
+            path,
+            "BC trainer checkpoint",
+            ("actor", "ema", "optimizer", "scheduler", "generator", "step", "losses", "config"),
         )
+        saved = state.get("dataset")
+        if saved is not None and saved != dataset_fingerprint(dataset):
+            raise ValueError(
+                f"{name!r} was trained on another dataset ({saved['rows']} rows, checksum "
+                f"{saved['checksum']}; this one: {len(dataset)} rows, checksum "
+                f"{dataset_fingerprint(dataset)['checksum']}): its normalizers and progress "
+                "belong to that dataset. Resume with that dataset, or start a new trainer."
+            )
+        try:
+            actor = FlowActor.from_checkpoint(state["actor"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{name!r}: {err}") from None
+        trainer = cls(actor, dataset, BCConfig(**state["config"]))
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])

@@ -20,6 +20,10 @@ TensorBoard record.
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -37,9 +41,64 @@ from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
 from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
 from flowrl.policies.base import FlowPolicyBase, check_spaces
 
-__all__ = ["OnPolicyCore", "PolicyTerms", "RolloutStep", "torch_face"]
+__all__ = ["OnPolicyCore", "PolicyTerms", "RolloutStep", "check_on_policy_args", "torch_face"]
 
 SelfCore = TypeVar("SelfCore", bound="OnPolicyCore")
+
+
+def check_on_policy_args(
+    *,
+    n_steps: int,
+    batch_size: int,
+    n_epochs: int,
+    gamma: float,
+    gae_lambda: float,
+    n_envs: int | None = None,
+    warn: bool = True,
+) -> None:
+    """Refuse PPO-style settings that would train nothing or something else than asked.
+
+    Shared by every on-policy learner (and by the pipeline for SB3's PPO).
+
+    Args:
+        n_steps: Steps per env per rollout.
+        batch_size: Minibatch rows.
+        n_epochs: Passes over each rollout.
+        gamma: Discount.
+        gae_lambda: GAE's lambda.
+        n_envs: Training envs (None: unknown yet; the rollout-size checks are skipped).
+        warn: Warn, as SB3's PPO does, when the minibatch does not divide the rollout.
+
+    Raises:
+        ValueError: Naming the argument, its value and the valid range.
+    """
+    for name, value in (("n_steps", n_steps), ("n_epochs", n_epochs)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
+        raise ValueError(
+            f"batch_size must be an integer > 1 (advantages are normalized per minibatch), "
+            f"got {batch_size!r}"
+        )
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma (the discount) must lie in (0, 1], got {gamma}")
+    if not 0 <= gae_lambda <= 1:
+        raise ValueError(f"gae_lambda must lie in [0, 1], got {gae_lambda}")
+    if n_envs is None:
+        return
+    rollout = n_steps * n_envs
+    if batch_size > rollout:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the rollout (n_steps * n_envs = "
+            f"{n_steps} * {n_envs} = {rollout}): lower batch_size or raise n_steps"
+        )
+    if warn and rollout % batch_size:
+        warnings.warn(
+            f"batch_size={batch_size} does not divide the rollout (n_steps * n_envs = "
+            f"{rollout}): each epoch ends with a truncated minibatch of "
+            f"{rollout % batch_size} rows. Choose a batch size that divides it.",
+            stacklevel=3,
+        )
 
 
 def torch_face(env: VecEnv) -> Any | None:
@@ -203,8 +262,25 @@ class OnPolicyCore(OnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be > 1 (advantage normalization), got {batch_size}")
+        check_on_policy_args(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            n_envs=self.n_envs if self.env is not None else None,
+        )
+        for name, value in (
+            ("learning_rate", learning_rate),
+            ("critic_learning_rate", critic_learning_rate),
+            ("clip_range", clip_range),
+        ):
+            if not callable(value) and not value > 0:
+                raise ValueError(f"{name} must be > 0 (or a schedule), got {value}")
+        if target_kl is not None and not target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {target_kl}")
+        if critic_warmup_updates < 0:
+            raise ValueError(f"critic_warmup_updates must be >= 0, got {critic_warmup_updates}")
         if entropy_control is not None and entropy_control not in ENTROPY_CONTROLS:
             raise ValueError(
                 f"entropy_control must be None or one of {ENTROPY_CONTROLS}, "
@@ -666,6 +742,50 @@ class OnPolicyCore(OnPolicyAlgorithm):
         )
         self._record_extra()
 
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfCore],
+        path: str | os.PathLike | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: torch.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfCore:
+        """SB3's ``load``, with errors that name the file and say what is wrong.
+
+        An SB3 ``.zip`` stores some objects pickled (SB3's format): load only files you
+        trust. (flowrl's own resumable checkpoints and BC actors never unpickle.)
+
+        Raises:
+            FileNotFoundError: If neither ``path`` nor ``path + ".zip"`` exists.
+            ValueError: If the file is damaged or truncated, or is not an SB3 checkpoint.
+        """
+        if isinstance(path, (str, os.PathLike)):
+            name = os.fspath(path)
+            if not os.path.isfile(name) and not os.path.isfile(name + ".zip"):
+                raise FileNotFoundError(
+                    f"no {cls.__name__} checkpoint at {name!r} (nor {name}.zip)"
+                )
+        else:
+            name = repr(path)
+        try:
+            return super().load(
+                path,
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
+            )
+        except (zipfile.BadZipFile, EOFError, AssertionError) as err:
+            raise ValueError(
+                f"{name} is not a readable {cls.__name__} checkpoint: the file is damaged or "
+                f"truncated, or is not an SB3 .zip ({type(err).__name__}: {err})"
+            ) from None
+
     def learn(
         self: SelfCore,
         total_timesteps: int,
@@ -679,7 +799,15 @@ class OnPolicyCore(OnPolicyAlgorithm):
 
         The TensorBoard run is named after the learner (``"ReinFlow"``, ``"PolicyFlow"``)
         unless ``tb_log_name`` says otherwise.
+
+        Raises:
+            ValueError: If ``total_timesteps`` is not a positive integer.
         """
+        if not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 1:
+            raise ValueError(
+                f"total_timesteps must be a positive integer (env steps to train), got "
+                f"{total_timesteps!r}"
+            )
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,

@@ -9,6 +9,7 @@ code downstream can trust shapes, dtypes and finiteness without re-checking.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +218,35 @@ class OfflineDataset:
 
         Raises:
             FileNotFoundError: No file at ``path``.
+            ValueError: The file is damaged or truncated, not an ``.npz``, or holds pickled
+                (object) arrays, which are refused unread (they could run code).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no dataset file at {path}")
         # allow_pickle=False: an npz from elsewhere must not be able to run code on load.
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if not isinstance(archive, np.lib.npyio.NpzFile):
+                    raise ValueError("it holds a single array (.npy), not named arrays")
+                arrays = {key: archive[key] for key in archive.files}
+        except ValueError as err:
+            if "Object arrays" in str(err):
+                raise ValueError(
+                    f"{path} holds pickled (object) arrays; flowrl reads only plain numeric "
+                    "arrays from datasets (unpickling a file from elsewhere could run code)"
+                ) from None
+            if "pickle" in str(err):
+                raise ValueError(
+                    f"{path} is not an .npz archive: it is damaged, or a pickle file, which "
+                    "flowrl refuses unread (unpickling a file from elsewhere could run code)"
+                ) from None
+            raise ValueError(f"{path} is not a readable dataset .npz: {err}") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"{path} is not a readable dataset .npz: the file is damaged or truncated "
+                f"({type(err).__name__}: {err})"
+            ) from None
         try:
             return cls.from_dict(arrays)
         except KeyError as err:

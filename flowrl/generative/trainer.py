@@ -4,7 +4,9 @@ Both share :class:`GeneratorTrainer`'s loop: batches drawn from an in-memory dat
 ``torch.Generator`` (so a resumed run replays the exact same batches and noise), AdamW with
 a linear warm-up and optional cosine decay, gradient clipping, an EMA of the trained model,
 a tqdm bar, TensorBoard scalars and sample grids, PNG grids on disk, and atomic checkpoints
-from which :meth:`GeneratorTrainer.fit` resumes bit for bit.
+from which :meth:`GeneratorTrainer.fit` resumes bit for bit (Ctrl-C finishes the current step
+and checkpoints it). Checkpoints are read with ``torch.load(weights_only=True)``: a file that
+is not one of ours is refused with a ValueError naming it, and nothing in it runs.
 
 * :class:`TeacherTrainer`: conditional flow matching with classifier-free-guidance dropout.
 * :class:`DistillTrainer`: sCD (``dmd_weight = 0``) or rCM (``dmd_weight > 0``, with a
@@ -13,9 +15,13 @@ from which :meth:`GeneratorTrainer.fit` resumes bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowrl.checkpoints import DeferredInterrupt, atomic_save, load_checkpoint_file
 from flowrl.flow.times import make_time_sampler
 from flowrl.generative.consistency import (
     AdaptiveWeight,
@@ -65,7 +72,9 @@ class TrainerConfig:
         cosine_decay: Decay the learning rate to 0 on a cosine after the warm-up.
         grad_clip: Max gradient norm (0 disables clipping).
         ema_decay: Decay of the EMA of the trained model (what is sampled and saved).
-        seed: Seed of the trainer's generator (batches, noise, times, dropout).
+        seed: Seed of the trainer's generator (batches, noise, times, label dropout); what
+            ``train_step`` draws from torch's global RNG (e.g. ``nn.Dropout``) comes from a
+            stream of the trainer's own, seeded from it too. Both are checkpointed.
         log_interval: Steps between TensorBoard scalar writes.
         sample_interval: Steps between sample grids (0: only at the end).
         checkpoint_interval: Steps between checkpoints (0: only at the end).
@@ -156,6 +165,52 @@ class DistillConfig(TrainerConfig):
             raise ValueError("need sigma_d > 0, dmd_weight >= 0, fake_steps >= 0")
 
 
+# Seed offsets of the trainer's other RNG streams (the main one is seeded with config.seed).
+_GLOBAL_STREAM_OFFSET = 20_011  # global-RNG draws inside train_step (e.g. nn.Dropout)
+_GRID_SEED_OFFSET = 10_007  # sample grids drawn during training
+
+# Config fields a resumed run may change (how long and how often it logs, not what it trains).
+_RESUMABLE_CHANGES = (
+    "steps",
+    "log_interval",
+    "sample_interval",
+    "checkpoint_interval",
+    "num_samples",
+)
+
+# What every checkpoint holds (subclasses add the keys of their _extra_state).
+_CHECKPOINT_KEYS = (
+    "kind",
+    "model",
+    "ema",
+    "optimizer",
+    "scheduler",
+    "generator",
+    "step",
+    "history",
+)
+
+
+def _first_line(err: BaseException) -> str:
+    """The gist of an error's message (torch's can run to paragraphs).
+
+    Its first line, and the next one when the first only announces a list (``Error(s) in
+    loading state_dict for ...:``).
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    gist = lines[0] if not lines[0].endswith(":") or len(lines) < 2 else " ".join(lines[:2])
+    return f"{type(err).__name__}: {gist.rstrip('.')}"
+
+
+def _not_a_checkpoint(path: str | os.PathLike, why: str) -> ValueError:
+    return ValueError(
+        f"{os.fspath(path)!r} is not a flowrl generator checkpoint: {why}. Move it away (or "
+        "restore a good copy) to train this stage from the start."
+    )
+
+
 def _lr_lambda(config: TrainerConfig) -> Any:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -197,8 +252,14 @@ class GeneratorTrainer:
         self.data, self.labels, self.config = data, labels, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.generator = torch.Generator().manual_seed(config.seed)
+        # The global RNG state train_step runs with (see _global_stream), kept per trainer so
+        # that what the rest of the program draws cannot change training, and checkpointed.
+        self.global_rng_state = (
+            torch.Generator().manual_seed(config.seed + _GLOBAL_STREAM_OFFSET).get_state()
+        )
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.resumed_from: int | None = None  # the step fit() last resumed from, if any
 
     # ------------------------------------------------------------------ to implement
 
@@ -246,6 +307,21 @@ class GeneratorTrainer:
         classes = int(self.labels.max()) + 1
         return torch.arange(n) % classes
 
+    @contextlib.contextmanager
+    def _global_stream(self) -> Iterator[None]:
+        """Global-RNG draws inside (nn.Dropout, a bare torch.randn) use the trainer's stream."""
+        outside = torch.random.get_rng_state()
+        torch.random.set_rng_state(self.global_rng_state)
+        try:
+            yield
+        finally:
+            self.global_rng_state = torch.random.get_rng_state()
+            torch.random.set_rng_state(outside)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer of the trainer (``optimizer``, and e.g. rCM's ``fake_optimizer``)."""
+        return [value for value in vars(self).values() if isinstance(value, torch.optim.Optimizer)]
+
     def _apply(self, loss: Tensor, params: list[nn.Parameter]) -> float:
         """Backward, clip, step, schedule, EMA; refuses non-finite losses."""
         grad_norm = guarded_step(
@@ -275,59 +351,128 @@ class GeneratorTrainer:
         """Train until ``steps`` total steps (default ``config.steps``).
 
         With an ``out_dir``, resumes from ``out_dir/checkpoint.pt`` when it exists (and
-        ``resume``), writes TensorBoard logs to ``out_dir/tb``, sample grids to
+        ``resume``), writes TensorBoard logs to ``out_dir/tb`` (a resumed run continues the
+        same run, dropping the events a crash left after the checkpoint), sample grids to
         ``out_dir/samples_<step>.png`` and checkpoints every ``checkpoint_interval`` steps.
+
+        Ctrl-C (SIGINT) lets the current step finish, writes a checkpoint at it and then
+        raises KeyboardInterrupt, so that calling ``fit`` again (or rerunning the program)
+        continues bit for bit. A KeyboardInterrupt raised some other way inside a step is
+        checkpointed too when no optimizer had stepped yet (the step is undone); otherwise
+        the last checkpoint stands.
         """
         total = self.config.steps if steps is None else steps
         ckpt = self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+        if ckpt is not None:
+            # A torn write of a killed run: never read, and replaced by the next save anyway.
+            ckpt.with_name(ckpt.name + ".tmp").unlink(missing_ok=True)
+        self.resumed_from = None
         if resume and ckpt is not None and ckpt.exists():
             self.load_checkpoint(ckpt)
+            self.resumed_from = self.step
         if self.step >= total:
             return self  # already trained that far: nothing to do
         writer = None
         if tensorboard and self.out_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(os.fspath(self.out_dir / "tb"))
+            # Same folder, so the same TensorBoard run. purge_step: TensorBoard drops the
+            # earlier events at steps > self.step (those a killed run logged after its last
+            # checkpoint), so the resumed curves have no duplicate or orphaned points.
+            writer = SummaryWriter(os.fspath(self.out_dir / "tb"), purge_step=self.step + 1)
         cfg = self.config
         bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=self.name)
+        stepped = False  # whether an optimizer has stepped in the current step
+
+        def mark_stepped(*_: Any) -> None:
+            nonlocal stepped
+            stepped = True
+
+        hooks = [opt.register_step_pre_hook(mark_stepped) for opt in self._optimizers()]
+        in_step, rng_before, global_before = False, self.generator.get_state(), None
         try:
-            while self.step < total:
-                scalars = self.train_step()
-                self.history.append({"step": self.step, **scalars})
-                bar.update(1)
-                if self.step % cfg.log_interval == 0 or self.step == total:
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-                    if writer is not None:
-                        for key, value in scalars.items():
-                            writer.add_scalar(f"train/{key}", value, self.step)
-                if cfg.sample_interval and self.step % cfg.sample_interval == 0:
+            with DeferredInterrupt(self.name) as interrupts:
+                while self.step < total:
+                    stepped, in_step = False, True
+                    rng_before, global_before = self.generator.get_state(), self.global_rng_state
+                    with self._global_stream():
+                        scalars = self.train_step()
+                    self.history.append({"step": self.step, **scalars})
+                    in_step = False
+                    bar.update(1)
+                    if self.step % cfg.log_interval == 0 or self.step == total:
+                        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                        if writer is not None:
+                            for key, value in scalars.items():
+                                writer.add_scalar(f"train/{key}", value, self.step)
+                    if cfg.sample_interval and self.step % cfg.sample_interval == 0:
+                        self._write_samples(writer)
+                    if (
+                        ckpt is not None
+                        and cfg.checkpoint_interval
+                        and self.step % cfg.checkpoint_interval == 0
+                    ):
+                        self.save_checkpoint(ckpt)
+                    interrupts.raise_if_requested()
+                if self.out_dir is not None and self.step > 0:
                     self._write_samples(writer)
-                if (
-                    ckpt is not None
-                    and cfg.checkpoint_interval
-                    and self.step % cfg.checkpoint_interval == 0
-                ):
-                    self.save_checkpoint(ckpt)
-            if self.out_dir is not None and self.step > 0:
-                self._write_samples(writer)
-                self.save_checkpoint(ckpt)  # type: ignore[arg-type]
+                    self.save_checkpoint(ckpt)  # type: ignore[arg-type]
+                interrupts.raise_if_requested()  # finished, but the caller must stop too
+        except KeyboardInterrupt:
+            self._checkpoint_on_interrupt(
+                ckpt,
+                torn=in_step and stepped,
+                undo=(rng_before, global_before) if in_step else None,
+            )
+            raise
         finally:
+            for hook in hooks:
+                hook.remove()
             bar.close()
             if writer is not None:
                 writer.close()
         return self
 
+    def _checkpoint_on_interrupt(
+        self, ckpt: Path | None, torn: bool, undo: tuple[Tensor, Tensor | None] | None
+    ) -> None:
+        """On KeyboardInterrupt: checkpoint the last complete step, unless the step is torn.
+
+        Args:
+            ckpt: Checkpoint path (None: nothing is written).
+            torn: The interrupt hit a step after an optimizer had stepped: the models are
+                between two steps and cannot be checkpointed.
+            undo: RNG states from before the interrupted step (None: between steps).
+        """
+        if torn:
+            where = f"; the last checkpoint, {os.fspath(ckpt)!r}, stands" if ckpt else ""
+            tqdm.write(
+                f"{self.name}: interrupted inside step {self.step + 1} after an update; "
+                f"no checkpoint written{where}",
+                file=sys.stderr,
+            )
+            return
+        if undo is not None:  # nothing was updated yet: rewind the step's random draws
+            self.generator.set_state(undo[0])
+            if undo[1] is not None:
+                self.global_rng_state = undo[1]
+        if ckpt is None or self.step == 0:
+            return
+        self.save_checkpoint(ckpt)
+        tqdm.write(
+            f"{self.name}: interrupted; checkpoint at step {self.step} written to "
+            f"{os.fspath(ckpt)!r} (run again to resume)",
+            file=sys.stderr,
+        )
+
     def _write_samples(self, writer: Any) -> None:
         if self.out_dir is None:
             return
         n = self.config.num_samples
-        # A separate RNG: drawing grids must not change the training stream.
-        state = torch.random.get_rng_state()
-        torch.manual_seed(self.config.seed + 10_007)
-        with torch.no_grad():
+        # A separate RNG: drawing grids must not change any training stream.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.config.seed + _GRID_SEED_OFFSET)
             samples = self.sample(n, y=self.grid_labels(n))
-        torch.random.set_rng_state(state)
         save_samples(samples, self.out_dir / f"samples_{self.step:07d}.png")
         if writer is not None:
             tensorboard_samples(writer, "samples", samples, self.step)
@@ -335,7 +480,10 @@ class GeneratorTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit for bit."""
+        """Everything needed to resume bit for bit: tensors and plain Python data only.
+
+        (So that :meth:`load_checkpoint` can read it with ``weights_only=True``.)
+        """
         return {
             "kind": type(self).__name__,
             "model": self.model.state_dict(),
@@ -343,6 +491,7 @@ class GeneratorTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "global_rng": self.global_rng_state,
             "step": self.step,
             "history": self.history,
             "config": asdict(self.config),
@@ -350,28 +499,91 @@ class GeneratorTrainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Atomic write of :meth:`state_dict` (a crash never leaves a torn checkpoint)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        """Atomic write of :meth:`state_dict` (a crash never leaves a torn checkpoint).
+
+        The state goes to ``<path>.tmp``, is flushed to disk, then renamed over ``path``
+        (:func:`flowrl.checkpoints.atomic_save`).
+        """
+        atomic_save(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint of the same trainer class and architecture."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("kind") != type(self).__name__:
+        """Restore a checkpoint of the same trainer class, architecture and config.
+
+        Only tensors and plain data are unpickled (``weights_only=True``).
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If the file is not a generator checkpoint (unreadable, truncated,
+                holding other Python objects, missing entries), is another trainer's, or
+                does not fit this trainer's networks; the message names the file.
+        """
+        state = load_checkpoint_file(path, "flowrl generator checkpoint")
+        kind = state.get("kind")
+        if not isinstance(kind, str):
+            raise _not_a_checkpoint(path, "it has no 'kind' entry naming the trainer")
+        if kind != type(self).__name__:
             raise ValueError(
-                f"{os.fspath(path)!r} is a {state.get('kind')} checkpoint, not a "
-                f"{type(self).__name__} one"
+                f"{os.fspath(path)!r} is a {kind} checkpoint, not a {type(self).__name__} "
+                "one: load it with that trainer, or point this one at another out_dir"
             )
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        missing = [key for key in (*_CHECKPOINT_KEYS, *self._extra_state()) if key not in state]
+        if missing:
+            raise _not_a_checkpoint(
+                path,
+                f"it lacks {missing} (written by another version of flowrl, or by a {kind} "
+                "with another config)",
+            )
+        saved_config = state.get("config")
+        if isinstance(saved_config, dict):  # what is trained must match; how long need not
+            ours = json.loads(json.dumps(asdict(self.config)))  # tuples -> lists, as saved
+            saved_config = json.loads(json.dumps(saved_config))
+            changed = sorted(
+                key
+                for key in set(ours) | set(saved_config)
+                if key not in _RESUMABLE_CHANGES and ours.get(key) != saved_config.get(key)
+            )
+            if changed:
+                raise ValueError(
+                    f"{os.fspath(path)!r} was trained with another config (differs in: "
+                    f"{', '.join(changed)}): resume with that config, or use another out_dir"
+                )
+        history = state["history"]
+        if not isinstance(state["step"], int) or state["step"] < 0:
+            raise _not_a_checkpoint(path, f"its step is {state['step']!r}, not an int >= 0")
+        if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+            raise _not_a_checkpoint(path, "its history is not a list of dicts")
+        global_rng = state.get("global_rng")  # absent in checkpoints of older versions
+        for key, value in (("generator", state["generator"]), ("global_rng", global_rng)):
+            if value is not None and not (
+                isinstance(value, Tensor)
+                and value.dtype == torch.uint8
+                and value.shape == self.global_rng_state.shape
+            ):
+                raise _not_a_checkpoint(path, f"its {key!r} is not a CPU RNG state")
+        part = "model"
+        try:
+            self.model.load_state_dict(state["model"])
+            part = "ema"
+            self.ema.load_state_dict(state["ema"])
+            part = "optimizer"
+            self.optimizer.load_state_dict(state["optimizer"])
+            part = "scheduler"
+            self.scheduler.load_state_dict(state["scheduler"])
+            part = "generator"
+            self.generator.set_state(state["generator"])
+            part = "extra state"
+            self._load_extra_state(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ValueError(
+                f"{os.fspath(path)!r} does not fit this {type(self).__name__} (its {part} "
+                f"failed to load: {_first_line(err)}). "
+                "It was saved with another network or config. This trainer may be partly "
+                "restored: build a new one with the matching network, or another out_dir."
+            ) from err
+        if global_rng is not None:
+            self.global_rng_state = global_rng
         self.step = state["step"]
-        self.history = list(state["history"])
-        self._load_extra_state(state)
+        self.history = list(history)
 
 
 class TeacherTrainer(GeneratorTrainer):

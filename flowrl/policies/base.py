@@ -18,6 +18,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
@@ -30,7 +31,7 @@ from flowrl.flow.times import time_grid
 from flowrl.nets.mlp import MLP
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
-__all__ = ["FlowPolicyBase", "check_spaces"]
+__all__ = ["FlowPolicyBase", "check_pretrained", "check_spaces"]
 
 
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> tuple[int, int]:
@@ -67,6 +68,76 @@ def check_sigma_bounds(sigma_min: float, sigma_max: float) -> None:
         )
 
 
+def check_pretrained(
+    actor: FlowActor, source: str, obs_dim: int, action_dim: int, action_space: spaces.Box
+) -> None:
+    """Check that a pretrained actor was made for this env and holds finite weights.
+
+    Three checks:
+
+    * dims: the actor's (Do, Da) are the env's;
+    * action box: where the actor's action normalizer records raw bounds (it does when
+      built by ``Normalizer.box``, as ``FlowBC.from_dataset(..., env=env)`` and fresh
+      policies build it), they must equal the env's ``action_space.low``/``high``
+      (``np.allclose``, rtol 1e-5, atol 1e-6), since the flow's [−1, 1] box is then that
+      box. A normalizer without bounds (identity, or fitted to a dataset's action range
+      without an env) records no box, so there is nothing to compare;
+    * finite weights: no NaN/inf in any parameter or buffer (a normalizer's unset ±inf
+      bounds excepted; NaN is refused there too).
+
+    Args:
+        actor: The pretrained actor.
+        source: How errors name it, e.g. "the pretrained checkpoint 'bc.pt'".
+        obs_dim: The env's Do.
+        action_dim: The env's Da.
+        action_space: The env's Box action space.
+
+    Raises:
+        ValueError: Naming ``source`` and what does not match.
+    """
+    if (actor.config.obs_dim, actor.config.action_dim) != (obs_dim, action_dim):
+        raise ValueError(
+            f"the pretrained actor has (Do, Da) = ({actor.config.obs_dim}, "
+            f"{actor.config.action_dim}) but the env has ({obs_dim}, {action_dim}): was it "
+            f"trained on another task? ({source})"
+        )
+    bounds = {
+        "low": (actor.action_normalizer.low, action_space.low),
+        "high": (actor.action_normalizer.high, action_space.high),
+    }
+    for name, (ours, env) in bounds.items():
+        ours = ours.detach().cpu().double().numpy()
+        env = np.broadcast_to(np.asarray(env, dtype=np.float64), ours.shape)
+        recorded = np.isfinite(ours)
+        if not np.allclose(ours[recorded], env[recorded], rtol=1e-5, atol=1e-6):
+            low = actor.action_normalizer.low.tolist()
+            high = actor.action_normalizer.high.tolist()
+            raise ValueError(
+                f"{source} was trained for another action box: its action normalizer maps "
+                f"low={low}, high={high} to [-1, 1], but the env's action space has "
+                f"low={action_space.low.tolist()}, high={action_space.high.tolist()} ({name} "
+                "differs). Pretrain on this env (FlowBC.from_dataset(data, env=env)) or use "
+                "the env the actor was trained for"
+            )
+    normalizer_bounds = {
+        f"{prefix}.{bound}" if prefix else bound
+        for prefix, module in actor.named_modules()
+        if isinstance(module, Normalizer)
+        for bound in ("low", "high")
+    }
+    tensors = list(actor.named_parameters()) + list(actor.named_buffers())
+    for name, tensor in tensors:
+        if not torch.is_floating_point(tensor):
+            continue
+        bad = torch.isnan(tensor) if name in normalizer_bounds else ~torch.isfinite(tensor)
+        if bad.any():
+            raise ValueError(
+                f"{source} has non-finite values (NaN or inf) in {name!r} ({int(bad.sum())} of "
+                f"{tensor.numel()} entries): the run that made it diverged or the file is "
+                "damaged; use an earlier checkpoint or pretrain again"
+            )
+
+
 def _default_optimizer_kwargs(
     optimizer_class: type[torch.optim.Optimizer], kwargs: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -90,8 +161,10 @@ class FlowPolicyBase(BasePolicy):
             ``pretrained`` is given; dims come from the spaces).
         pretrained: A BC-pretrained :class:`FlowActor` or the path of its checkpoint. The
             policy starts from a copy and keeps a frozen copy as ``reference``; both travel
-            in every SB3 checkpoint.
-        num_steps: K, Euler steps on THE time grid (default: the actor's).
+            in every SB3 checkpoint. It must fit the env (dims, action box) and have finite
+            weights (:func:`check_pretrained`).
+        num_steps: K, Euler steps on THE time grid (default: the actor's); for a shortcut
+            actor one of the step counts it was trained for (1, 2, 4, …, M).
         initial_std: Standard deviation c of the chain start a⁰ ~ N(0, c²I) in stochastic
             rollouts (0: every chain starts at a⁰ = 0, the deterministic ODE's start).
         value_hidden: Hidden widths of the value network.
@@ -101,10 +174,20 @@ class FlowPolicyBase(BasePolicy):
             parameter tensors, where PyTorch's CPU default loops over them in Python (a
             velocity net's Adam step: 0.46 ms fused vs 1.72 ms, width 64, measured); the
             arithmetic is Adam's either way.
+        use_sde: Never pass it: SB3's own algorithms do, so a flowrl checkpoint loaded by
+            ``PPO.load`` is refused with a message naming the right loader.
 
     Subclasses build their noise model in :meth:`_build_noise` (called after the actor and
     before the value network) and list the actor side's parameters in
     :meth:`_actor_parameters`.
+
+    Raises:
+        ValueError: For spaces flow policies cannot act in, a negative ``initial_std``, a bad
+            K (or one a shortcut actor was not trained for), an actor whose ``method`` is not
+            ``"euler"`` (the chain is defined for Euler steps), or a pretrained actor that
+            does not fit the env or has non-finite weights.
+        FileNotFoundError: If ``pretrained`` names a file that does not exist.
+        TypeError: If ``pretrained`` is neither a :class:`FlowActor` nor a path.
     """
 
     def __init__(
@@ -119,7 +202,15 @@ class FlowPolicyBase(BasePolicy):
         value_hidden: tuple[int, ...] = (256, 256),
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
+        use_sde: bool | None = None,
     ):
+        if use_sde is not None:  # only SB3's own algorithms pass it (PPO.load of our zip)
+            raise ValueError(
+                f"{type(self).__name__} is a flowrl flow policy, built here by an SB3 algorithm "
+                "(e.g. PPO.load or A2C.load of a flowrl checkpoint): load such a checkpoint "
+                "with the flowrl learner that saved it, e.g. ReinFlow.load(path) or "
+                "PolicyFlow.load(path)"
+            )
         super().__init__(
             observation_space,
             action_space,
@@ -131,10 +222,12 @@ class FlowPolicyBase(BasePolicy):
             raise ValueError(f"initial_std must be >= 0, got {initial_std}")
         self.initial_std = float(initial_std)
         self.actor = self._make_actor(obs_dim, action_dim, actor_config, pretrained, action_space)
+        self._check_method(self.actor)
         # Frozen copy of the starting flow: the anchor of the W2 regularizer.
         self.reference = copy.deepcopy(self.actor).requires_grad_(False).eval()
         self.num_steps = num_steps if num_steps is not None else self.actor.config.num_steps
         time_grid(self.num_steps)  # validates K early
+        self.actor.check_num_steps(self.num_steps)  # a shortcut actor's trained K only
         self._build_noise(obs_dim, action_dim)
         self.value_net = MLP(obs_dim, 1, value_hidden, act="tanh")
         self.value_hidden = tuple(value_hidden)
@@ -154,6 +247,25 @@ class FlowPolicyBase(BasePolicy):
         """Parameters the actor optimizer steps, in a fixed order (subclasses)."""
         raise NotImplementedError
 
+    def _check_method(self, actor: FlowActor) -> None:
+        """Refuse an actor configured for another integrator than Euler.
+
+        The flow policies integrate Euler steps on THE grid, and the chain likelihood
+        (ReinFlow) and the ratio estimate (PolicyFlow) are defined for exactly those steps,
+        so a ``method`` of ``"midpoint"`` or ``"heun"`` would be silently ignored.
+        """
+        method = actor.config.method
+        if method != "euler":
+            raise ValueError(
+                f"{type(self).__name__} integrates Euler steps on THE time grid (its chain "
+                "likelihood and ratio are defined for Euler steps), but the actor's "
+                f"config.method is {method!r}, which it would ignore. The BC objective does "
+                "not depend on the method, so switching is lossless: set actor.config.method "
+                '= "euler" before building the policy (for a checkpoint: actor = '
+                'FlowActor.load(path); actor.config.method = "euler"; actor.save(path)), or '
+                'pass actor_config=dict(method="euler")'
+            )
+
     @staticmethod
     def _make_actor(
         obs_dim: int,
@@ -162,15 +274,23 @@ class FlowPolicyBase(BasePolicy):
         pretrained: FlowActor | str | os.PathLike | None,
         action_space: spaces.Box,
     ) -> FlowActor:
-        """A copy of the pretrained actor (dims checked) or a fresh one for these spaces."""
+        """A copy of the pretrained actor (checked) or a fresh one for these spaces.
+
+        A pretrained actor must match the env's dims and action box and have finite weights
+        (:func:`check_pretrained`).
+        """
         if pretrained is not None:
-            actor = pretrained if isinstance(pretrained, FlowActor) else FlowActor.load(pretrained)
-            if (actor.config.obs_dim, actor.config.action_dim) != (obs_dim, action_dim):
-                raise ValueError(
-                    f"the pretrained actor has (Do, Da) = ({actor.config.obs_dim}, "
-                    f"{actor.config.action_dim}) but the env has ({obs_dim}, {action_dim}): "
-                    "was it trained on another task?"
+            if isinstance(pretrained, FlowActor):
+                actor, source = pretrained, "the pretrained FlowActor"
+            elif isinstance(pretrained, (str, os.PathLike)):
+                actor = FlowActor.load(pretrained)
+                source = f"the pretrained checkpoint {os.fspath(pretrained)!r}"
+            else:
+                raise TypeError(
+                    "pretrained must be a FlowActor or the path of its checkpoint (FlowActor."
+                    f"save), got a {type(pretrained).__name__}"
                 )
+            check_pretrained(actor, source, obs_dim, action_dim, action_space)
             # A BC trainer's EMA actor is frozen (requires_grad=False): the copy must train.
             return copy.deepcopy(actor).cpu().requires_grad_(True).train()
         fields = dict(actor_config or {})
@@ -275,12 +395,20 @@ class FlowPolicyBase(BasePolicy):
     def bc_regularizer(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Squared W2 proxy to the frozen pretrained flow, shape (B,).
 
-        Both flows integrate the same a⁰ ~ N(0, I) deterministically over K steps; the
-        squared distance of their endpoints (summed over dims) upper-bounds W2² of the two
-        action distributions, since the shared a⁰ is one coupling.
+        Both flows integrate the same chain start deterministically over K steps; the squared
+        distance of their endpoints (summed over dims) upper-bounds W2² of the two ODE maps'
+        action distributions, since the shared start is one coupling. The start is drawn as
+        rollouts draw it, a⁰ ~ N(0, c²I) with c = ``initial_std`` (:meth:`_initial_state`;
+        PolicyFlow's latent z is that same draw), so the term constrains the map that is
+        deployed: with c = 0 it is the squared distance of the two deterministic actions
+        from a⁰ = 0 (the draw is still made, so other random streams do not shift with c).
+
+        Args:
+            obs: Raw observations, shape (B, Do).
+            generator: RNG for a⁰ (the global one if None).
         """
         obs_n = self.actor.normalize_obs(self._cast(obs))
-        a0 = self._noise(obs, generator)
+        a0 = self._initial_state(obs, generator)
         ours = self._endpoint(obs_n, a0)
         with torch.no_grad():
             ref_obs_n = self.reference.normalize_obs(self._cast(obs))

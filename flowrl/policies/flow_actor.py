@@ -68,6 +68,20 @@ class FlowActorConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        M = self.shortcut_max_steps
+        if self.shortcut and (M < 2 or M & (M - 1)):
+            raise ValueError(
+                f"shortcut_max_steps must be a power of two >= 2 for a shortcut actor, got {M}"
+            )
+
+    def shortcut_num_steps(self) -> tuple[int, ...]:
+        """The K a shortcut actor was trained to sample with: 1, 2, 4, …, M.
+
+        :func:`~flowrl.flow.losses.shortcut_loss` trains the step sizes d = 1/M (flow-matching
+        rows) and d = 2^−e for e = 0 … log2(M) − 1 (self-consistency rows); K-step sampling
+        on THE grid queries d = 1/K, so K must be a power of two no larger than M.
+        """
+        return tuple(2**e for e in range(self.shortcut_max_steps.bit_length()))
 
 
 class FlowActor(nn.Module):
@@ -136,6 +150,27 @@ class FlowActor(nn.Module):
         """
         return self.velocity_net(t, x, obs_n if self.config.obs_dim else None, d)
 
+    def check_num_steps(self, num_steps: int) -> None:
+        """Raise unless K = ``num_steps`` is a step count this actor can sample with.
+
+        Any positive int for a plain flow; for a shortcut actor only the K whose step size
+        1/K it was trained on (:meth:`FlowActorConfig.shortcut_num_steps`): any other K would
+        silently query an untrained step-size input.
+
+        Raises:
+            ValueError: If K is not a positive int, or not a trained shortcut step count.
+        """
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        if self.config.shortcut and num_steps not in self.config.shortcut_num_steps():
+            valid = self.config.shortcut_num_steps()
+            raise ValueError(
+                f"num_steps K={num_steps} is not a step count this shortcut actor was trained "
+                f"for: it learned the step sizes 1/K for K in {valid} "
+                f"(shortcut_max_steps={self.config.shortcut_max_steps}), and d = 1/{num_steps} "
+                f"is not one of them; sample with num_steps in {valid}"
+            )
+
     def velocity_fn(self, obs_n: Tensor, num_steps: int) -> VelocityFn:
         """The velocity field ``(t, x) -> v`` that K-step sampling integrates.
 
@@ -143,11 +178,17 @@ class FlowActor(nn.Module):
 
         Args:
             obs_n: Normalized observations, shape (B, Do).
-            num_steps: K.
+            num_steps: K (for a shortcut actor one of
+                :meth:`FlowActorConfig.shortcut_num_steps`).
 
         Returns:
             A :data:`~flowrl.flow.integrators.VelocityFn`.
+
+        Raises:
+            ValueError: If K is not a step count this actor was trained for
+                (:meth:`check_num_steps`).
         """
+        self.check_num_steps(num_steps)
         if not self.config.shortcut:
             return lambda t, x: self.velocity(t, x, obs_n)
         d = obs_n.new_full((obs_n.shape[0],), 1.0 / num_steps)
@@ -168,15 +209,21 @@ class FlowActor(nn.Module):
 
         Args:
             obs: Raw observations, shape (B, Do).
-            num_steps: K (default ``config.num_steps``).
+            num_steps: K (default ``config.num_steps``); for a shortcut actor one of
+                :meth:`FlowActorConfig.shortcut_num_steps`.
             method: Integrator (default ``config.method``).
             noise: Initial a⁰, shape (B, Da); drawn from N(0, I) if omitted.
             generator: RNG for the initial noise.
 
         Returns:
             Normalized actions a^K, shape (B, Da) (not clipped).
+
+        Raises:
+            ValueError: For a K the actor was not trained to sample with
+                (:meth:`check_num_steps`), or noise of the wrong shape.
         """
         num_steps = self.config.num_steps if num_steps is None else num_steps
+        self.check_num_steps(num_steps)  # before any random draw
         obs_n = self.normalize_obs(obs)
         if noise is None:
             noise = torch.randn(
@@ -325,12 +372,15 @@ class FlowActor(nn.Module):
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a flowrl checkpoint of this class.
+            ValueError: If the file is unreadable (damaged, truncated, or holding pickled
+                objects, which are never unpickled) or not a flowrl checkpoint of this class;
+                the message names the file.
         """
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+        from flowrl.checkpoints import load_checkpoint_file  # (flowrl.checkpoints needs SB3)
+
+        ckpt = load_checkpoint_file(path, f"{cls.__name__} checkpoint")
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:  # pickle/zip errors differ across torch versions
-            raise ValueError(f"cannot read checkpoint {os.fspath(path)!r}: {err}") from err
-        return cls.from_checkpoint(ckpt)
+            return cls.from_checkpoint(ckpt).to(map_location)
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            # Missing or misshapen tensors surface as KeyError/RuntimeError from torch.
+            raise ValueError(f"checkpoint {os.fspath(path)!r}: {err}") from err

@@ -11,11 +11,12 @@ Two faces:
 The chain (ReinFlow, arXiv 2505.22094) on THE K-step grid (t_k, Δt_k), in the normalized
 action box::
 
-    a⁰ ~ N(0, I),   a^{k+1} = a^k + v_θ(t_k, a^k, o)·Δt_k + σ_φ(t_k, o)·ε_k,
+    a⁰ ~ N(0, c²I),   a^{k+1} = a^k + v_θ(t_k, a^k, o)·Δt_k + σ_φ(t_k, o)·ε_k,
 
-with σ_φ a small MLP squashed into [σ_min, σ_max]. Each transition is Gaussian, so
-``log_prob_chain`` is exact. The env receives a^K mapped to its bounds (and clipped); the
-chain itself is stored unclipped, as PPO stores unclipped Gaussian actions.
+with c = ``initial_std`` (default 0: a⁰ = 0) and σ_φ a small MLP squashed into
+[σ_min, σ_max]. Each transition is Gaussian, so ``log_prob_chain`` is exact. The env
+receives a^K mapped to its bounds (and clipped); the chain itself is stored unclipped, as
+PPO stores unclipped Gaussian actions.
 """
 
 from __future__ import annotations

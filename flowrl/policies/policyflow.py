@@ -104,7 +104,9 @@ class PolicyFlowPolicy(FlowPolicyBase):
 
     Raises:
         ValueError: For σ bounds that are not 0 < sigma_min <= sigma_init <= sigma_max, a
-            negative ``initial_std``, K < 1, or spaces flow policies cannot act in.
+            negative ``initial_std``, K < 1, or spaces flow policies cannot act in; and for
+            what :class:`~flowrl.policies.base.FlowPolicyBase` refuses (a non-Euler actor, a
+            shortcut actor's untrained K, a pretrained actor that does not fit the env).
     """
 
     def __init__(

@@ -1,4 +1,10 @@
-"""Helpers of the on-policy learner tests: one rollout, one update, states, a small actor."""
+"""Helpers of the on-policy learner tests: one rollout, one update, states, a small actor,
+and ``LEARNERS``, the table of every on-policy learner that the shared tests (here and in
+``tests/reliability``) run for: a new learner joins every one of them by adding a row."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -6,8 +12,9 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
+from flowrl.algos import OnPolicyCore, PolicyFlow, ReinFlow
 from flowrl.data import Normalizer
-from flowrl.policies import FlowActor, FlowActorConfig
+from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPolicy
 
 
 def short_pendulum(steps: int = 16) -> Monitor:
@@ -54,3 +61,46 @@ def pendulum_actor(seed: int = 0) -> FlowActor:
         nn.init.normal_(actor.velocity_net.output.weight, std=0.3)
         nn.init.normal_(actor.velocity_net.output.bias, std=0.3)
     return actor
+
+
+# ---------------------------------------------------------------------- every learner
+
+
+@dataclass(frozen=True)
+class Learner:
+    """How the tests build one learner."""
+
+    cls: type[OnPolicyCore]
+    alias: str
+    policy_cls: type
+    policy_kwargs: Callable[[int], dict[str, Any]]
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+LEARNERS = {
+    "reinflow": Learner(
+        ReinFlow,
+        "FlowPolicy",
+        FlowPolicy,
+        lambda K: dict(
+            num_steps=K,
+            actor_config=dict(width=32, depth=1),
+            noise_hidden=(16,),
+            value_hidden=(32,),
+        ),
+    ),
+    "policyflow": Learner(
+        PolicyFlow,
+        "PolicyFlowPolicy",
+        PolicyFlowPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+        dict(num_ratio_times=4),
+    ),
+    "policyflow_grid": Learner(
+        PolicyFlow,
+        "PolicyFlowPolicy",
+        PolicyFlowPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+        dict(ratio_estimator="grid"),
+    ),
+}

@@ -1,10 +1,23 @@
 """ReinFlow runs whose trained weights are pinned in ``data/reinflow_reference.pt``.
 
 The file was written by ReinFlow as it stood before the on-policy core (commit 77b6b08,
-torch 2.13.0 CPU, one thread): ``python tests/algos/reinflow_reference.py``. The test
+torch 2.13.0 CPU, one thread). The test
 ``test_on_policy_core.py::test_reinflow_on_the_core_is_bit_identical`` reruns the same
 configurations and requires every tensor to be equal, so any change in what ReinFlow
 computes, or in the order it draws random numbers, shows.
+
+``plain_K2`` and ``kl_stop_K4`` are still that pre-core code's output. ``options_K1`` was
+rewritten, on the core, by the W2 fix: ``FlowPolicyBase.bc_regularizer`` used to integrate
+both flows from a⁰ ~ N(0, I) while rollouts and evaluation start at a⁰ = c·N(0, I) with
+c = ``initial_std`` (0 here), so the W2 term never constrained the deployed path; it now
+draws a⁰ as rollouts do (the same random draw, scaled by c). ``options_K1`` is the only
+configuration with a W2 term (``bc_coef=0.1``); before the rewrite it was checked to pass
+without the fix and fail with it, so the W2 term is the only change in it. Its stored keys
+are the pre-core ones (the core logs a few more scalars, which are not pinned).
+
+To rewrite configurations after an intended change, name them:
+``python tests/algos/reinflow_reference.py options_K1`` replaces those entries (same keys
+as before) and keeps every other configuration's tensors as they are.
 """
 
 from __future__ import annotations
@@ -77,7 +90,29 @@ def run(name: str) -> dict[str, torch.Tensor]:
         torch.set_num_threads(threads)
 
 
-if __name__ == "__main__":
+def rewrite(names: list[str]) -> None:
+    """Rerun configurations ``names`` and replace their entries in :data:`PATH`.
+
+    The other configurations are kept as stored; a configuration already in the file keeps
+    its key set (scalars logged only by newer code are not added).
+    """
+    unknown = [name for name in names if name not in CONFIGS]
+    if not names or unknown:
+        raise SystemExit(
+            "usage: python tests/algos/reinflow_reference.py NAME [NAME ...], each NAME one of "
+            f"{sorted(CONFIGS)} (got {names})"
+        )
+    stored = torch.load(PATH, weights_only=True) if PATH.exists() else {}
+    for name in names:
+        fresh = run(name)
+        keys = list(stored[name]) if name in stored else list(fresh)
+        stored[name] = {key: fresh[key] for key in keys}
     PATH.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({name: run(name) for name in CONFIGS}, PATH)
-    print(f"wrote {PATH}")
+    torch.save(stored, PATH)
+    print(f"rewrote {names} in {PATH}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    rewrite(sys.argv[1:])

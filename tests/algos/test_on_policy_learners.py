@@ -9,15 +9,13 @@ callbacks, progress bar, TensorBoard and ``evaluate_policy`` work.
 import glob
 import importlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from learner_helpers import (
+    LEARNERS,
     assert_same_state,
     pendulum_actor,
     rollout,
@@ -32,52 +30,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-from flowrl.algos import OnPolicyCore, PolicyFlow, ReinFlow
-from flowrl.policies import FlowPolicy, PolicyFlowPolicy
-
 importlib.import_module("flowrl.envs")  # registers MultiGoal-v0
 
 KS = [1, 2, 4, 8]
 
 
-@dataclass(frozen=True)
-class Learner:
-    """How the tests build one learner."""
-
-    cls: type[OnPolicyCore]
-    alias: str
-    policy_cls: type
-    policy_kwargs: Callable[[int], dict[str, Any]]
-    algo_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-LEARNERS = {
-    "reinflow": Learner(
-        ReinFlow,
-        "FlowPolicy",
-        FlowPolicy,
-        lambda K: dict(
-            num_steps=K,
-            actor_config=dict(width=32, depth=1),
-            noise_hidden=(16,),
-            value_hidden=(32,),
-        ),
-    ),
-    "policyflow": Learner(
-        PolicyFlow,
-        "PolicyFlowPolicy",
-        PolicyFlowPolicy,
-        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
-        dict(num_ratio_times=4),
-    ),
-    "policyflow_grid": Learner(
-        PolicyFlow,
-        "PolicyFlowPolicy",
-        PolicyFlowPolicy,
-        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
-        dict(ratio_estimator="grid"),
-    ),
-}
 NAMES = sorted(LEARNERS)
 
 

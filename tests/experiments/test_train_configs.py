@@ -100,6 +100,7 @@ def test_every_algo_builds_on_every_env(algo, env):
 def test_hyperparameters_and_policy_fields_reach_the_model():
     cfg = config(
         "algo.n_steps=32",
+        "algo.batch_size=16",
         "algo.critic_learning_rate=0.005",
         "algo.sigma_max_final=0.15",
         "policy.num_steps=3",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowrl.generative.data import mixture, mixture_modes
-from flowrl.generative.models import MLPGenerator
+from flowrl.generative.models import DiT, DiTConfig, MLPGenerator
 from flowrl.generative.trainer import DistillConfig, DistillTrainer, TeacherConfig, TeacherTrainer
 from flowrl.metrics import mode_counts, sliced_wasserstein
 
@@ -131,3 +131,21 @@ def test_scd_learns_a_one_step_sampler_on_a_mixture():
     assert sw_student < 0.4 * sw_teacher
     # Every mode gets at least half its fair share (the 1-step teacher puts ~0 in any).
     assert (in_modes > 0.5 * len(student_1) / 4).all()
+
+
+def test_distilling_a_dit_runs_through_the_fused_attention_jvp():
+    """sCD/rCM use the attention tangent only in stop-gradient targets: no refusal."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 4, 4), torch.arange(32) % 2
+    net = DiT(DiTConfig(sample_shape=(1, 4, 4), width=16, depth=1, heads=2, num_classes=2))
+    cfg = DistillConfig(
+        steps=2, batch_size=4, dmd_weight=0.5, fake_steps=1, sample_interval=0,
+        tangent_warmup_steps=0,
+    )  # fmt: skip
+    trainer = DistillTrainer(net, x, y, cfg)
+    before = params_of(trainer.model)
+    trainer.fit(progress_bar=False, tensorboard=False)
+    assert trainer.step == 2
+    assert all(math.isfinite(row["loss"]) for row in trainer.history)
+    after = params_of(trainer.model)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

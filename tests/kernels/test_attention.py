@@ -85,17 +85,53 @@ def test_backward_and_func_grad_match_explicit(backend):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_tangent_is_a_constant_and_output_keeps_its_graph(backend):
+def test_tangent_refuses_backward_and_output_keeps_its_graph(backend):
     masters, xs, _ = make_inputs((1, 2, 12, 16), (1, 2, 12, 16), torch.float32)
     q = xs[0].clone().requires_grad_(True)
     out, out_dot = torch.func.jvp(
         lambda a: jvp_attention(a, xs[1], xs[2], backend=backend), (q,), (xs[3],)
     )
-    assert out.requires_grad and out_dot.grad_fn is None
+    assert out.requires_grad
     _, expected_dot = explicit_attention_jvp(
         *masters[:4], torch.zeros_like(masters[1]), torch.zeros_like(masters[2])
     )
     assert relative_error(out_dot, expected_dot) <= 1e-5
+    out.square().sum().backward(retain_graph=True)  # the primal output trains as usual
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    with pytest.raises(RuntimeError, match="tangent .* is not differentiable"):
+        out_dot.square().sum().backward()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_loss_on_the_tangent_raises_instead_of_partial_gradients(backend):
+    """A MeanFlow-style loss on the JVP used to get zero gradient from the attention weights."""
+    torch.manual_seed(2)
+    block = Block(backend=backend)
+    x, tx = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    # torch.func.jvp (what consistency training calls) and forward-mode AD dual tensors.
+    _, out_dot = torch.func.jvp(block, (x,), (tx,))
+    with pytest.raises(RuntimeError, match='not differentiable.*backend="explicit"'):
+        out_dot.square().mean().backward()
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tx)
+        tangent = torch.autograd.forward_ad.unpack_dual(block(dual)).tangent
+        with pytest.raises(RuntimeError, match="not differentiable"):
+            tangent.sum().backward()
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.func.grad(lambda xx: torch.func.jvp(block, (xx,), (tx,))[1].sum())(x)
+    # Stop-gradient uses (sCM/rCM targets) are unaffected: no_grad, or a detached tangent.
+    with torch.no_grad():
+        _, target = torch.func.jvp(block, (x,), (tx,))
+    assert target.grad_fn is None
+    out, out_dot = torch.func.jvp(block, (x,), (tx,))
+    block.zero_grad()
+    (out - out_dot.detach()).square().mean().backward()
+    assert all(p.grad is not None for p in block.parameters())
+    # The explicit backend differentiates through the tangent: every weight gets a gradient.
+    block.attn.backend = "explicit"
+    block.zero_grad()
+    torch.func.jvp(block, (x,), (tx,))[1].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.attn.parameters())
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -129,6 +129,54 @@ def test_num_steps_and_method_change_a_trained_looking_flow():
     assert not torch.equal(default, actor.sample_normalized(obs, 8, "heun", noise=z))
 
 
+# ---------------------------------------------------------------------- shortcut step counts
+
+
+def test_shortcut_num_steps_are_the_trained_step_sizes():
+    # shortcut_loss trains d = 1/M and d = 2^-e, e = 0 … log2(M) − 1; K samples with d = 1/K.
+    config = FlowActorConfig(obs_dim=3, action_dim=2, shortcut=True, shortcut_max_steps=8)
+    assert config.shortcut_num_steps() == (1, 2, 4, 8)
+    assert FlowActorConfig(obs_dim=3, action_dim=2, shortcut=True).shortcut_num_steps()[-1] == 128
+
+
+@pytest.mark.parametrize("K", [3, 5, 6, 16])
+def test_shortcut_actor_refuses_an_untrained_step_count(K):
+    actor = _randomise(_actor(shortcut=True, shortcut_max_steps=8))
+    obs = _obs()
+    entry_points = [
+        lambda: actor.velocity_fn(actor.normalize_obs(obs), K),
+        lambda: actor.sample_normalized(obs, K),
+        lambda: actor.sample(obs, K),
+    ]
+    for call in entry_points:
+        with pytest.raises(ValueError, match=rf"K={K}\b.*\(1, 2, 4, 8\)"):
+            call()
+    # The default K comes from the config and is checked the same way.
+    actor.config.num_steps = K
+    with pytest.raises(ValueError, match=rf"K={K}\b"):
+        actor.sample(obs)
+
+
+def test_shortcut_actor_refusal_draws_no_random_numbers():
+    actor = _actor(shortcut=True, shortcut_max_steps=8)
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="K=3"):
+        actor.sample(_obs(), 3, generator=generator)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
+@pytest.mark.parametrize("K", [1, 2, 4, 8])
+def test_shortcut_actor_samples_with_every_trained_step_count(K):
+    actor = _randomise(_actor(shortcut=True, shortcut_max_steps=8))
+    assert torch.isfinite(actor.sample(_obs(), K)).all()
+
+
+def test_plain_actor_takes_any_step_count():
+    actor = _randomise(_actor(shortcut_max_steps=8))
+    assert torch.isfinite(actor.sample(_obs(), 3)).all()
+    assert torch.isfinite(actor.sample(_obs(), 16)).all()
+
+
 # ---------------------------------------------------------------------- training
 
 
@@ -239,19 +287,38 @@ def test_plain_torch_file_raises(tmp_path):
     with pytest.raises(ValueError, match="not a flowrl checkpoint"):
         FlowActor.load(path)
     torch.save(torch.zeros(3), path)
-    with pytest.raises(ValueError, match="not a flowrl checkpoint"):
+    with pytest.raises(
+        ValueError, match="plain.pt' is not a FlowActor checkpoint: it holds a Tensor"
+    ):
         FlowActor.load(path)
 
 
 def test_random_bytes_raise(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(np.random.default_rng(0).bytes(256))
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(
+        ValueError, match="junk.pt' is not a FlowActor checkpoint: it is damaged, or holds pickled"
+    ):
+        FlowActor.load(path)
+
+
+@pytest.mark.parametrize("damage", ["missing tensor", "wrong shape", "bad config"])
+def test_damaged_checkpoint_contents_raise_naming_the_file(tmp_path, damage):
+    ckpt = _actor().checkpoint()
+    if damage == "missing tensor":
+        del ckpt["state_dict"]["velocity_net.output.weight"]
+    elif damage == "wrong shape":
+        ckpt["state_dict"]["velocity_net.output.weight"] = torch.zeros(3, 3)
+    else:
+        ckpt["config"]["num_steps"] = 0
+    path = tmp_path / "damaged.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"checkpoint '.*damaged\.pt'"):
         FlowActor.load(path)
 
 
 def test_missing_path_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no FlowActor checkpoint at .*missing.pt"):
         FlowActor.load(tmp_path / "missing.pt")
 
 
@@ -298,6 +365,8 @@ def test_default_normalizers_are_identity():
         {"obs_dim": 3, "action_dim": 0},
         {"obs_dim": 3, "action_dim": 2, "method": "rk4"},
         {"obs_dim": 3, "action_dim": 2, "num_steps": 0},
+        {"obs_dim": 3, "action_dim": 2, "shortcut": True, "shortcut_max_steps": 6},
+        {"obs_dim": 3, "action_dim": 2, "shortcut": True, "shortcut_max_steps": 1},
     ],
 )
 def test_bad_config_raises(kwargs):

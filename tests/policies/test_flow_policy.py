@@ -254,6 +254,57 @@ def test_bc_regularizer_zero_when_unchanged_positive_after_perturbation():
     assert all(p.grad is None for p in policy.reference.parameters())
 
 
+def _perturbed_against_reference(policy: FlowPolicy) -> FlowPolicy:
+    """A randomised reference flow and an actor that has moved away from it."""
+    _randomise(policy)
+    policy.reference.load_state_dict(policy.actor.state_dict())
+    with torch.no_grad():
+        policy.actor.velocity_net.output.bias.add_(0.3)
+        policy.actor.velocity_net.output.weight.mul_(1.5)
+    return policy
+
+
+def test_bc_regularizer_with_a0_zero_compares_the_deterministic_actions():
+    # initial_std = 0 (FlowPolicy's default): rollouts and evaluation start at a⁰ = 0, so the
+    # W2 term must compare the two noiseless ODE maps from a⁰ = 0, the deployed path.
+    policy = _perturbed_against_reference(_policy(4))
+    assert policy.initial_std == 0
+    obs = _obs(MULTIGOAL_OBS, 32)
+    reg = policy.bc_regularizer(obs, generator=torch.Generator().manual_seed(0))
+    zeros = torch.zeros(32, 2)
+    with torch.no_grad():
+        ours = policy.actor.sample_normalized(obs, 4, "euler", noise=zeros)
+        ref = policy.reference.sample_normalized(obs, 4, "euler", noise=zeros)
+        deployed = policy.sample_chain(obs, deterministic=True)[:, -1]
+    expected = (ours - ref).square().sum(-1)
+    assert (expected > 1e-4).all()
+    torch.testing.assert_close(reg, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours, deployed, atol=1e-6, rtol=0)
+    # With a fixed start the term does not depend on the random draw.
+    other = policy.bc_regularizer(obs, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(reg, other)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5, 1.0])
+def test_bc_regularizer_draws_a0_as_rollouts_do(c):
+    policy = _perturbed_against_reference(_policy(2, initial_std=c))
+    obs = _obs(MULTIGOAL_OBS, 64)
+    generator = torch.Generator().manual_seed(3)
+    reg = policy.bc_regularizer(obs, generator=generator)
+    # Independently: a⁰ = c·N(0, I) from the same seed, both flows' Euler maps from it.
+    replay = torch.Generator().manual_seed(3)
+    a0 = c * torch.randn(64, 2, generator=replay)
+    with torch.no_grad():
+        ours = policy.actor.sample_normalized(obs, 2, "euler", noise=a0)
+        ref = policy.reference.sample_normalized(obs, 2, "euler", noise=a0)
+    torch.testing.assert_close(reg, (ours - ref).square().sum(-1), atol=1e-6, rtol=1e-6)
+    # The same start as a rollout's chain drawn with that seed (which also draws σ noise).
+    chain = policy.sample(obs, generator=torch.Generator().manual_seed(3)).chain
+    torch.testing.assert_close(chain[:, 0], a0)
+    # One (B, Da) normal draw whatever c is, so other random streams do not shift.
+    assert torch.equal(generator.get_state(), replay.get_state())
+
+
 def test_bc_regularizer_fresh_policy_is_zero():
     policy = _policy(2, PENDULUM_OBS, PENDULUM_ACT)
     reg = policy.bc_regularizer(_obs(PENDULUM_OBS, 8))

@@ -113,6 +113,30 @@ def test_pretrained_actor_is_copied_and_kept_as_reference(tmp_path):
         assert ours.requires_grad and not ref.requires_grad
 
 
+@pytest.mark.parametrize("c", [0.0, 1.0])
+def test_bc_regularizer_starts_from_the_rollout_latent(c):
+    # PolicyFlowPolicy shares FlowPolicyBase.bc_regularizer: z ~ N(0, c²I) as in rollouts.
+    policy = _policy(K=2, initial_std=c)
+    with torch.no_grad():
+        policy.reference.load_state_dict(policy.actor.state_dict())
+        policy.actor.velocity_net.output.bias.add_(0.3)
+    obs = _obs(32)
+    reg = policy.bc_regularizer(obs, generator=torch.Generator().manual_seed(5))
+    latents = policy.sample(obs, generator=torch.Generator().manual_seed(5)).latents
+    torch.testing.assert_close(
+        latents, c * torch.randn(32, 2, generator=torch.Generator().manual_seed(5))
+    )
+    with torch.no_grad():
+        ours = policy.actor.sample_normalized(obs, 2, "euler", noise=latents)
+        ref = policy.reference.sample_normalized(obs, 2, "euler", noise=latents)
+    expected = (ours - ref).square().sum(-1)
+    assert (expected > 1e-4).all()
+    torch.testing.assert_close(reg, expected, atol=1e-6, rtol=1e-6)
+    if c == 0:  # the deterministic actions φ₁(0; o) of both flows
+        with torch.no_grad():
+            torch.testing.assert_close(ours, policy.deterministic_action(obs), atol=1e-6, rtol=0)
+
+
 def _evaluate(policy, obs, sample, times, old, estimator):
     """``policy.evaluate`` on a sample, its times and the old policy's terms."""
     return policy.evaluate(

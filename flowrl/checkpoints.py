@@ -43,6 +43,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import TensorBoardOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import get_device
 
@@ -373,6 +374,7 @@ class TrainingCheckpoint(BaseCallback):
         self.extra = extra
         self.latest: dict[str, Any] | None = None
         self._last_write: int | None = None
+        self._resumed_at: int | None = None  # the step resume() restored
 
     def exists(self) -> bool:
         """Whether a checkpoint file is there to resume from."""
@@ -396,6 +398,7 @@ class TrainingCheckpoint(BaseCallback):
             raise ValueError(f"{os.fspath(self.path)!r}: {err}") from None
         self.latest = state
         self._last_write = model.num_timesteps
+        self._resumed_at = model.num_timesteps
         return state
 
     def _capture(self) -> dict[str, Any]:
@@ -404,6 +407,17 @@ class TrainingCheckpoint(BaseCallback):
     def _on_training_start(self) -> None:
         if self._last_write is None:
             self._last_write = self.model.num_timesteps
+        if self._resumed_at is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # SB3 continues the same TensorBoard run (reset_num_timesteps=False); purge_step
+            # hides what the interrupted session logged after the step resumed from.
+            for output in self.model.logger.output_formats:
+                if isinstance(output, TensorBoardOutputFormat):
+                    log_dir = output.writer.log_dir
+                    output.writer.close()
+                    output.writer = SummaryWriter(log_dir=log_dir, purge_step=self._resumed_at)
+            self._resumed_at = None
 
     def _on_rollout_start(self) -> None:
         on_policy = isinstance(self.model, OnPolicyAlgorithm)

@@ -438,3 +438,13 @@ def test_a_run_checkpoint_of_another_config_is_refused(tmp_path):
         match=r"checkpoint.pt is a checkpoint of another config \(differs in: algo.learning_rate\)",
     ):
         TRAIN.train(cfg)
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_a_last_minibatch_of_one_row_trains_without_nan(learner):
+    # 17 rows in minibatches of 8: 8, 8, 1. Advantages of one row are not standardised
+    # (their std is undefined), as in SB3's PPO, so the update stays finite.
+    with pytest.warns(UserWarning, match="truncated minibatch of 1 rows"):
+        model = build(learner, algo_change={"n_steps": 17, "batch_size": 8, "n_epochs": 2})
+    model.learn(34)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.callbacks import LearningCurveCallback
@@ -193,7 +194,13 @@ def test_finetuning_stopped_by_ctrl_c_resumes_exactly_where_it_saved(tmp_path, m
     steps = [row["timesteps"] for row in results["curve"]]
     assert steps[0] == 0 and steps[-1] == 512 and steps == sorted(set(steps))
     assert results["timesteps"] == 512
-    assert len(list((out / "tb").iterdir())) == 1
+    runs = list((out / "tb").iterdir())
+    assert len(runs) == 1
+    # The interrupted session's events past the resumed step are purged: one point a step.
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    logged = [event.step for event in events.Scalars("eval/return_deterministic_mean")]
+    assert logged == sorted(set(logged)) == steps, logged
     assert not (out / "checkpoint.pt").exists()
 
 

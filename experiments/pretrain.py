@@ -19,9 +19,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: stage and run folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import gymnasium as gym
 import numpy as np
@@ -76,6 +83,46 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
         keys = sorted(set(a) | set(b))
         return [d for k in keys for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
+
+
+@contextmanager
+def folder_lock(folder: Path, wait: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while this process writes into it.
+
+    Two processes never write the same run or stage folder at once (e.g. parallel seeds that
+    share ``pretrain_dir``): with ``wait`` the second one waits for the first (and then finds
+    its work done), without it the second one stops with an error. The lock is
+    ``folder/.lock`` under ``fcntl.flock`` (released by the OS when a process dies); where
+    ``fcntl`` does not exist (Windows) folders are not locked.
+
+    Raises:
+        RuntimeError: Without ``wait``, if another process holds the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            if not wait:
+                raise RuntimeError(
+                    f"{folder} is in use by another run ({owner}): wait for it to finish, or "
+                    "choose another output_dir"
+                ) from None
+            print(f"{folder} is in use by another run ({owner}); waiting for it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _claim_stage(out: Path, settings: dict[str, Any]) -> None:
@@ -210,6 +257,16 @@ def make_dataset(
     _check_quality(cfg.quality)
     env_kwargs = dict(env_kwargs or {})
     _claim_stage(out, {"env": env_id, "env_kwargs": env_kwargs, **asdict(cfg)})
+    if (out / "dataset.npz").exists():  # made before: the folder is not touched
+        return out / "dataset.npz"
+    with folder_lock(out, wait=True):
+        return _make_dataset(cfg, env_id, out, env_kwargs, checkpoint_steps)
+
+
+def _make_dataset(
+    cfg: DatasetStageConfig, env_id: str, out: Path, env_kwargs: dict, checkpoint_steps: int
+) -> Path:
+    """:func:`make_dataset`'s work, in its locked stage folder."""
     path = out / "dataset.npz"
     if path.exists():
         return path
@@ -262,6 +319,24 @@ def behaviour_clone(
     if action_chunk > 1:  # only then, so folders made before chunking existed stay valid
         settings["action_chunk"] = action_chunk
     _claim_stage(out, settings)
+    if (out / "bc.pt").exists():  # made before: the folder is not touched
+        return out / "bc.pt"
+    with folder_lock(out, wait=True):
+        return _behaviour_clone(
+            cfg, dataset_path, env_id, out, progress_bar, action_chunk, checkpoint_interval
+        )
+
+
+def _behaviour_clone(
+    cfg: BCStageConfig,
+    dataset_path: Path,
+    env_id: str,
+    out: Path,
+    progress_bar: bool,
+    action_chunk: int,
+    checkpoint_interval: int,
+) -> Path:
+    """:func:`behaviour_clone`'s work, in its locked stage folder."""
     path = out / "bc.pt"
     if path.exists():
         return path

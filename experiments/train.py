@@ -66,6 +66,7 @@ from pretrain import (
     behaviour_clone,
     dataset_returns,
     differences,
+    folder_lock,
     make_dataset,
 )
 
@@ -774,8 +775,13 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         print(f"{out}: finished run of this config found, skipping", flush=True)
         return finished
     check_compatible(cfg)
+    with folder_lock(out, wait=False):  # one process writes a run folder
+        return _train(cfg, config, out)
+
+
+def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any]:
+    """:func:`train`'s work, in its locked output folder."""
     torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
     for partial in PARTIAL_FILES:  # left by a process killed while writing
         (out / partial).unlink(missing_ok=True)
     results: dict[str, Any] = {"config": config}

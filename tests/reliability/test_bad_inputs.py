@@ -448,3 +448,14 @@ def test_a_last_minibatch_of_one_row_trains_without_nan(learner):
         model = build(learner, algo_change={"n_steps": 17, "batch_size": 8, "n_epochs": 2})
     model.learn(34)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    import pretrain
+
+    out = tmp_path / "run"
+    cfg = compose_cfg(*TINY, f"output_dir={out}")
+    busy = pytest.raises(RuntimeError, match=r"run is in use by another run \(pid \d+\)")
+    with pretrain.folder_lock(out, wait=False), busy:  # as another run holding the folder
+        TRAIN.train(cfg)
+    assert not (out / "results.json").exists()

@@ -7,8 +7,6 @@ joins them by adding its row there. The pipeline rows run ``experiments/train.py
 validation; the file rows damage each format flowrl reads.
 """
 
-import importlib.util
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,20 +23,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.data.datasets import OfflineDataset
 
+import pretrain
+import train as TRAIN
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_reliability", ROOT / "experiments" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = load_script("train")
 
 
 @dataclass(frozen=True)
@@ -451,7 +439,6 @@ def test_a_last_minibatch_of_one_row_trains_without_nan(learner):
 
 
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
-    import pretrain
 
     out = tmp_path / "run"
     cfg = compose_cfg(*TINY, f"output_dir={out}")

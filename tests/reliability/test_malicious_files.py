@@ -6,8 +6,6 @@ including the automatic paths (a rerun resuming from its output folder, a pipeli
 finding its cached files). The generator trainers' rows are in ``test_generators.py``.
 """
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,21 +21,10 @@ from flowrl.checkpoints import TrainingCheckpoint, load_checkpoint_file
 from flowrl.data.datasets import OfflineDataset
 from flowrl.policies import FlowActor
 
+import pretrain
+import train as TRAIN
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_malicious", ROOT / "experiments" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = load_script("train")
-PRETRAIN = sys.modules["pretrain"]
 
 
 def compose_cfg(*overrides):
@@ -93,8 +80,8 @@ def finetune_resume(path: Path, tmp: Path) -> Callable[[], Any]:
 def bc_stage_resume(path: Path, tmp: Path) -> Callable[[], Any]:
     """The bc stage finds trainer.ckpt in its folder (an interrupted BC)."""
     small_dataset().save_npz(tmp / "data.npz")
-    cfg = PRETRAIN.BCStageConfig()
-    return lambda: PRETRAIN.behaviour_clone(
+    cfg = pretrain.BCStageConfig()
+    return lambda: pretrain.behaviour_clone(
         cfg, tmp / "data.npz", "Pendulum-v1", path.parent, False
     )
 
@@ -114,8 +101,8 @@ def bc_stage_cached_actor(path: Path, tmp: Path) -> Callable[[], Any]:
 
 def teacher_resume(path: Path, tmp: Path) -> Callable[[], Any]:
     """The dataset stage finds its teacher's checkpoint (teacher.ckpt or teacher.pt)."""
-    cfg = PRETRAIN.DatasetStageConfig(quality="medium", teacher_timesteps=64, transitions=16)
-    return lambda: PRETRAIN._train_teacher(cfg, "Pendulum-v1", {}, path.parent)
+    cfg = pretrain.DatasetStageConfig(quality="medium", teacher_timesteps=64, transitions=16)
+    return lambda: pretrain._train_teacher(cfg, "Pendulum-v1", {}, path.parent)
 
 
 LOADERS = [
@@ -158,6 +145,6 @@ def test_a_dataset_with_a_pickled_object_array_is_refused_unrun(planter, tmp_pat
 def test_the_bc_stage_refuses_a_planted_dataset(planter, tmp_path):
     path = planter.npz(tmp_path / "data.npz")
     with pytest.raises(ValueError, match=r"data.npz holds pickled"):
-        PRETRAIN.behaviour_clone(
-            PRETRAIN.BCStageConfig(), path, "Pendulum-v1", tmp_path / "bc", False
+        pretrain.behaviour_clone(
+            pretrain.BCStageConfig(), path, "Pendulum-v1", tmp_path / "bc", False
         )

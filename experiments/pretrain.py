@@ -35,7 +35,12 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from flowrl.algos.bc import BCConfig, FlowBC
-from flowrl.checkpoints import TrainingCheckpoint, atomic_save, training_state
+from flowrl.checkpoints import (
+    TrainingCheckpoint,
+    atomic_save,
+    sigterm_as_interrupt,
+    training_state,
+)
 from flowrl.data import (
     OfflineDataset,
     chunk_actions,
@@ -209,11 +214,12 @@ def _train_teacher(
             print(f"dataset: resuming the teacher at step {teacher.num_timesteps}")
         if teacher.num_timesteps < cfg.teacher_timesteps:
             try:
-                teacher.learn(
-                    cfg.teacher_timesteps - teacher.num_timesteps,
-                    callback=ckpt,
-                    reset_num_timesteps=not resumed,
-                )
+                with sigterm_as_interrupt():
+                    teacher.learn(
+                        cfg.teacher_timesteps - teacher.num_timesteps,
+                        callback=ckpt,
+                        reset_num_timesteps=not resumed,
+                    )
             except KeyboardInterrupt:
                 ckpt.save_latest()
                 print(f"\ndataset: teacher interrupted; checkpoint -> {ckpt.path}")

@@ -34,11 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
@@ -57,7 +53,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from flowrl.algos.on_policy import check_on_policy_args
 from flowrl.callbacks import LearningCurveCallback
-from flowrl.checkpoints import TrainingCheckpoint
+from flowrl.checkpoints import TrainingCheckpoint, sigterm_as_interrupt
 from flowrl.envs import ActionChunk
 
 from pretrain import (
@@ -818,7 +814,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
     budget = -(-cfg.total_timesteps // chunk)
     start = time.perf_counter()
     if model.num_timesteps < budget:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             try:
                 model.learn(
                     budget - model.num_timesteps,
@@ -889,23 +885,6 @@ def _resume(
     curve.load_state_dict(state["extra"]["curve"])
     print(f"{ckpt.path}: resuming at step {model.num_timesteps}", flush=True)
     return True
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (a scheduler's stop) interrupts like Ctrl-C does."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _save_model(model: BaseAlgorithm, venv: VecEnv, out: Path) -> None:

@@ -34,7 +34,8 @@ import signal
 import sys
 import threading
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ __all__ = [
     "atomic_save",
     "load_checkpoint_file",
     "restore_training_state",
+    "sigterm_as_interrupt",
     "training_state",
 ]
 
@@ -178,6 +180,30 @@ class DeferredInterrupt:
         if self.requested:
             self.clean = True
             raise KeyboardInterrupt("interrupted between steps")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler's stop) raises ``KeyboardInterrupt`` as Ctrl-C.
+
+    So the code that saves on Ctrl-C saves on a preemption too. Outside the main thread, and
+    where the program set its own SIGTERM handler, nothing changes.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------- the state of a run

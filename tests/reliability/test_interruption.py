@@ -365,3 +365,30 @@ def test_sac_stopped_by_ctrl_c_resumes_with_its_replay_buffer(tmp_path):
         )
     fresh.learn(400 - fresh.num_timesteps, callback=ckpt, reset_num_timesteps=False)
     assert fresh.num_timesteps == 400
+
+
+# ---------------------------------------------------------------------- signals
+
+
+def test_sigterm_interrupts_like_ctrl_c_inside_the_block_only():
+    from flowrl.checkpoints import sigterm_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_a_deferred_signal_waits_for_the_step_and_a_second_ctrl_c_does_not():
+    from flowrl.checkpoints import DeferredInterrupt
+
+    with DeferredInterrupt() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # held: the step goes on
+        assert stop.requested and not stop.clean
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal stops at once
+            time.sleep(1)
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_requested()
+        assert stop.clean
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

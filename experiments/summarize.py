@@ -10,6 +10,15 @@ where the env reports one (``x_velocity``); the JSON also keeps every evaluation
 and their mean), to read a table at a smaller budget. Deterministic and stochastic returns are
 reported apart. Also plots every group's mean curve into one PNG.
 
+Beside mean ± std, the start and final returns are given as the interquartile mean over seeds
+with its 95 % bootstrap confidence interval, the way rliable reports RL results (Agarwal et al.
+2021): the IQM is ``scipy.stats.trim_mean(x, 0.25)`` (``⌊n/4⌋`` seeds cut at each end, so with
+2 or 3 seeds it is the mean), the interval the 2.5th and 97.5th percentiles of the IQMs of
+``BOOTSTRAP_SAMPLES`` (2000) resamples of the seeds with replacement, drawn with the fixed seed
+``BOOTSTRAP_SEED`` (0) so a table regenerates identically (``flowrl.metrics``). With a handful
+of seeds the interval is wide, which is what it should say; with one seed there is no interval
+(``null`` in the JSON, "n/a" in the table).
+
 The change is always given as ``final - start``; its percentage only for fine-tuning groups
 (start: BC) whose start return is positive and at least a tenth of the final's magnitude,
 since a relative growth from a start near 0 (a fresh policy, or HalfCheetah's BC start of -3)
@@ -26,6 +35,8 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from flowrl.metrics import iqm, iqm_bootstrap_ci
+
 from pretrain import differences
 from train import read_results, with_added_options
 
@@ -35,6 +46,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 MODES = ("deterministic", "stochastic")
 PER_RUN = ("seed", "output_dir", "progress_bar", "verbose")  # may differ within a row
 MIN_START_FRACTION = 0.1  # a percentage needs start >= this x |final| (and start > 0)
+CONFIDENCE = 0.95  # coverage of the IQM's bootstrap interval
+BOOTSTRAP_SAMPLES = 2000  # resamples of the seeds (a few ms per interval)
+BOOTSTRAP_SEED = 0  # fixed, so a table regenerates identically
 
 
 def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
@@ -102,8 +116,24 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def iqm_with_ci(values: list[float]) -> tuple[float, list[float] | None]:
+    """IQM over seeds and its percentile-bootstrap interval, ``[low, high]``.
+
+    The interval covers ``CONFIDENCE`` from ``BOOTSTRAP_SAMPLES`` resamples seeded with
+    ``BOOTSTRAP_SEED``; None for a single seed, which has no spread to resample.
+    """
+    if len(values) < 2:
+        return iqm(values), None
+    low, high = iqm_bootstrap_ci(values, CONFIDENCE, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED)
+    return iqm(values), [low, high]
+
+
 def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per group and mode: seeds, steps, start and final returns over seeds."""
+    """One row per group and mode: seeds, steps, start and final returns over seeds.
+
+    Start and final come as mean and std over seeds and as IQM over seeds with its bootstrap
+    interval (``*_iqm``, ``*_iqm_ci95``: ``[low, high]``, or None for one seed).
+    """
     rows = []
     for label, runs in groups.items():
         for mode in MODES:
@@ -112,8 +142,11 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 continue
             steps, values = seed_curves(runs, key)
             finals = [run["final"][key] for run in runs]
-            start, start_std = _mean_std(values[:, 0].tolist())  # each seed's first evaluation
+            starts = values[:, 0].tolist()  # each seed's first evaluation
+            start, start_std = _mean_std(starts)
             final, final_std = _mean_std(finals)
+            start_iqm, start_ci = iqm_with_ci(starts)
+            final_iqm, final_ci = iqm_with_ci(finals)
             pretrained = _start_kind(runs[0]["config"]) == "BC"
             speed_key = f"x_velocity_{mode}_mean"
             speeds = [run["final"].get(speed_key) for run in runs]
@@ -125,8 +158,12 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     "timesteps": int(np.mean([_env_steps(run) for run in runs])),
                     "start_mean": start,
                     "start_std": start_std,
+                    "start_iqm": start_iqm,
+                    "start_iqm_ci95": start_ci,
                     "final_mean": final,
                     "final_std": final_std,
+                    "final_iqm": final_iqm,
+                    "final_iqm_ci95": final_ci,
                     "final_per_seed": finals,
                     "best_per_seed": [max(row[key] for row in run["curve"]) for run in runs],
                     "change": final - start,
@@ -143,12 +180,21 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _iqm_cell(value: float, ci: list[float] | None) -> str:
+    """``IQM [low, high]``, or ``IQM [n/a]`` without an interval (one seed)."""
+    interval = "n/a" if ci is None else f"{ci[0]:.0f}, {ci[1]:.0f}"
+    return f"{value:.0f} [{interval}]"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The table: returns as mean ± std over seeds (each seed: its evaluation mean)."""
+    """The table: returns as mean ± std over seeds (each seed: its evaluation mean).
+
+    Beside start and final: their IQM over seeds with its 95 % bootstrap interval.
+    """
     lines = [
-        "| run | policy | seeds | env steps | start | final | change | final per seed "
-        "| best per seed | final speed (m/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | policy | seeds | env steps | start | start IQM [95 % CI] | final "
+        "| final IQM [95 % CI] | change | final per seed | best per seed | final speed (m/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         change = f"{r['change']:+.0f}"
@@ -160,7 +206,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['group']} | {r['mode']} | {len(r['seeds'])} | {r['timesteps']} | "
             f"{r['start_mean']:.0f} ± {r['start_std']:.0f} | "
-            f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | {change} | {per_seed} | "
+            f"{_iqm_cell(r['start_iqm'], r['start_iqm_ci95'])} | "
+            f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | "
+            f"{_iqm_cell(r['final_iqm'], r['final_iqm_ci95'])} | {change} | {per_seed} | "
             f"{best} | {speed} |"
         )
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
     python experiments/train.py algo=reinflow env=pendulum
     python experiments/train.py algo=ppo env=hopper total_timesteps=1000000
     python experiments/train.py algo=reinflow env=hopper pretrained=<bc.pt>
+    python experiments/train.py algo=reinflow env=hopper from_scratch=true
     python experiments/train.py experiment=pendulum_quick
     python experiments/train.py algo=ppo,reinflow,policyflow env=pendulum seed=0,1 -m
 
@@ -10,7 +11,9 @@ Config groups (``configs/<group>/<option>.yaml``, each checked against a datacla
 a typo fails with the list of valid keys or options): ``algo`` (the learner and its
 hyperparameters), ``policy`` (the policy network; every algo yaml picks its natural one),
 ``env`` (the gymnasium task), ``experiment`` (optional bundles that set several groups and
-fields at once). Every run writes to ``output_dir``:
+fields at once), ``recipe`` (bundles added with ``+recipe=…``); ``--help`` lists their options.
+Every run writes to ``output_dir``, one folder per job (a multirun's too; its
+``multirun.yaml`` alone goes to ``hydra.sweep.dir``):
 
 * ``model.zip`` (SB3 checkpoint; ``vecnormalize.pkl`` too when rewards are normalized);
 * ``curve.csv`` and ``curve.png``: returns of the deterministic and the stochastic policy
@@ -18,12 +21,17 @@ fields at once). Every run writes to ``output_dir``:
 * ``results.json``: the resolved config, final returns, wall time, steps per second and the
   curve. A run whose ``results.json`` holds the same config is skipped, so re-running a
   sweep only does the missing runs;
-* ``tb/``: TensorBoard logs; ``.hydra/`` and the log of Hydra's run.
+* ``tb/``: TensorBoard logs; ``.hydra/`` (the job's config.yaml, overrides.yaml and
+  hydra.yaml) and ``train.log``, Hydra's log of the job.
 
 The same entry point runs the whole pipeline when ``stages`` asks for it
 (``stages=[dataset,bc,finetune]``, e.g. ``experiment=pipeline_medium env=walker2d``): the
 dataset stage trains an SB3 teacher and records its rollouts, the bc stage behaviour-clones a
 flow actor on them, and fine-tuning starts from that actor (``experiments/pretrain.py``).
+A flow policy fine-tuned without the bc stage starts from ``pretrained``; when that is unset
+while ``<pretrain_dir>/bc/bc.pt`` exists, the run stops before it starts: pass
+``pretrained=<that path>`` to start from the BC actor, or ``from_scratch=true`` to train a
+fresh actor on purpose.
 Other scripts import this file and call :func:`compose_config`,
 :func:`make_vec_env_from_config`, :func:`build_model` and :func:`train`. Adding a learner
 takes a schema dataclass here (decorated with ``@register_schema("algo", name)``) and a yaml
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from difflib import get_close_matches
@@ -73,7 +82,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the training envs
 # Fields that change neither what is trained nor how: a finished run with other values of
 # these is still the same run.
-RESUME_IGNORED = ("output_dir", "progress_bar", "verbose", "checkpoint")
+RESUME_IGNORED = ("output_dir", "progress_bar", "verbose", "checkpoint", "from_scratch")
 STAGES = ("dataset", "bc", "finetune")
 CHECKPOINT = "checkpoint.pt"  # an unfinished fine-tuning run's resumable state
 PARTIAL_FILES = (
@@ -415,6 +424,9 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # the learning curve
     threads: int = 1  # torch.set_num_threads
     pretrained: str | None = None  # FlowActor checkpoint (BC) to start a flow policy from
+    # Fine-tune a fresh flow actor although <pretrain_dir>/bc/bc.pt exists (without it, such
+    # a run stops: pass pretrained=<that bc.pt> to start from it). Gaussian policies: no effect.
+    from_scratch: bool = False
     progress_bar: bool = True  # SB3's progress bar
     verbose: int = 0  # SB3 verbosity (1: a table per rollout; eval lines)
     device: str = "cpu"  # torch device
@@ -508,6 +520,16 @@ def check_compatible(cfg: TrainConfig) -> None:
             "stages includes bc, which makes the pretrained actor: drop pretrained=, or drop "
             "bc from stages to fine-tune a given checkpoint"
         )
+    if cfg.from_scratch and cfg.pretrained is not None:
+        raise ValueError(
+            f"from_scratch=true fine-tunes a fresh actor, pretrained={cfg.pretrained} the "
+            "given one: drop one of the two"
+        )
+    if cfg.from_scratch and "bc" in cfg.stages:
+        raise ValueError(
+            "from_scratch=true fine-tunes a fresh actor, but stages includes bc, which makes "
+            "the actor to start from: drop one of the two"
+        )
     for name, value, low in (
         ("total_timesteps", cfg.total_timesteps, 1),
         ("n_envs", cfg.n_envs, 1),
@@ -534,6 +556,52 @@ def check_compatible(cfg: TrainConfig) -> None:
             f"algo={cfg.algo.name} takes {choices}, got policy={cfg.policy.kind}: drop the "
             f"policy override (algo={cfg.algo.name} picks its own) or choose {choices}"
         )
+
+
+def check_bc_actor_chosen(cfg: TrainConfig) -> None:
+    """Refuse to fine-tune a fresh flow actor when ``pretrain_dir`` holds a BC actor.
+
+    An earlier ``stages=[dataset,bc]`` run left ``<pretrain_dir>/bc/bc.pt``; fine-tuning
+    without the bc stage starts from ``pretrained`` only, so leaving it unset would train
+    from scratch for hours. ``from_scratch=true`` says that this is meant.
+
+    Raises:
+        ValueError: Naming the checkpoint and the two ways on.
+    """
+    # flow policies have a fresh actor's fields; Gaussian ones always start from scratch
+    if not hasattr(cfg.policy, "actor") or "finetune" not in cfg.stages:
+        return
+    bc = Path(cfg.pretrain_dir) / "bc" / "bc.pt"
+    if cfg.pretrained is None and "bc" not in cfg.stages and not cfg.from_scratch and bc.is_file():
+        raise ValueError(
+            f"{bc} holds a BC actor (pretrain_dir={cfg.pretrain_dir}), but with pretrained "
+            "unset fine-tuning would start from a fresh, untrained actor: pass "
+            f"pretrained={bc} to start from the BC actor, or from_scratch=true to train from "
+            "scratch on purpose"
+        )
+
+
+# Resolvers of configs/train.yaml's hydra section. abspath: a multirun job's folder is its
+# output_dir (hydra.sweep.subdir, which Hydra joins to hydra.sweep.dir unless absolute).
+OmegaConf.register_new_resolver("abspath", os.path.abspath, replace=True)
+
+
+def _help_groups(*groups: str) -> str:
+    """``--help``'s config groups: the options of each of ``groups`` (``mjx/hopper``…)."""
+    lines = []
+    for group in groups:
+        folder = CONFIG_DIR / group
+        options = sorted(
+            p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")
+        )
+        options.sort(key=lambda option: option.count("/"))  # a subfolder's options last
+        lines.append(textwrap.fill(f"{group}: {', '.join(options)}", 92, subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+# train_groups: --help lists train.py's groups only (configs/dataset/ holds the presets of
+# experiments/generators.py; the schema/* groups are the dataclasses above).
+OmegaConf.register_new_resolver("train_groups", _help_groups, replace=True)
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -771,6 +839,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         print(f"{out}: finished run of this config found, skipping", flush=True)
         return finished
     check_compatible(cfg)
+    check_bc_actor_chosen(cfg)
     with folder_lock(out, wait=False):  # one process writes a run folder
         return _train(cfg, config, out)
 

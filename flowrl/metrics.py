@@ -99,36 +99,69 @@ def normalized_entropy(counts: np.ndarray) -> float:
 
 
 def iqm(values: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle half of the values (25 % cut each side).
+    """Interquartile mean over runs: the 25 % trimmed mean, as rliable's ``aggregate_iqm``.
 
-    With n values, ⌊n/4⌋ are dropped from each end, as ``scipy.stats.trim_mean(x, 0.25)``
-    does (5 seeds: the middle 3).
+    With n values, ``⌊n/4⌋`` whole values are dropped from each end and the rest averaged,
+    exactly ``scipy.stats.trim_mean(values, 0.25)`` (Agarwal et al. 2021, "Deep RL at the
+    edge of the statistical precipice", which rliable computes with that call). So 8 runs
+    average the middle 4, 5 runs the middle 3, 6 runs the middle 4, and 2 or 3 runs nothing
+    is dropped (the IQM is the mean). No run is weighted fractionally.
+
+    Args:
+        values: One value per run (seed); any shape, flattened.
+
+    Returns:
+        The interquartile mean.
+
+    Raises:
+        ValueError: For no values.
     """
-    values = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) == 0:
-        raise ValueError("iqm of no values")
-    cut = len(values) // 4
-    return float(values[cut : len(values) - cut].mean())
+        raise ValueError("iqm of no values: pass at least one run's value")
+    return float(_sorted_rows_iqm(np.sort(values)[None])[0])
+
+
+def _sorted_rows_iqm(rows: np.ndarray) -> np.ndarray:
+    """IQM of every row of (B, n) values already sorted along the row → (B,)."""
+    n = rows.shape[1]
+    cut = n // 4  # int(0.25 * n), scipy.stats.trim_mean's cut
+    return rows[:, cut : n - cut].mean(axis=1)
 
 
 def iqm_bootstrap_ci(
     values: np.ndarray, confidence: float = 0.95, samples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the IQM over runs (resampling runs with replacement).
+    """Percentile bootstrap interval of the IQM over runs (rliable's method for one task).
+
+    Draws ``samples`` resamples of the n runs with replacement (n runs each), takes the IQM
+    (:func:`iqm`) of each and returns the ``(1 - confidence)/2`` and ``(1 + confidence)/2``
+    percentiles of those IQMs (``np.percentile``, linear interpolation). rliable's stratified
+    bootstrap resamples runs within each task; with one task that is this plain resampling.
+    One run gives ``(value, value)``: there is no spread to resample.
 
     Args:
-        values: (n,) one value per run (seed).
-        confidence: Coverage of the interval.
-        samples: Bootstrap resamples.
+        values: One value per run (seed); any shape, flattened.
+        confidence: Coverage of the interval, in (0, 1).
+        samples: Bootstrap resamples (2000 takes a few milliseconds for a handful of runs).
         seed: Seed of the resampling, so a table regenerates identically.
 
     Returns:
         (low, high).
+
+    Raises:
+        ValueError: For no values, a confidence outside (0, 1) or fewer than one resample.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
+    if len(values) == 0:
+        raise ValueError("iqm_bootstrap_ci of no values: pass at least one run's value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1) (e.g. 0.95), got {confidence}")
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1 (e.g. 2000), got {samples}")
     rng = np.random.default_rng(seed)
-    draws = rng.choice(values, size=(samples, len(values)), replace=True)
-    stats = np.array([iqm(row) for row in draws])
+    draws = np.sort(rng.choice(values, size=(samples, len(values)), replace=True), axis=1)
+    stats = _sorted_rows_iqm(draws)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(stats, [tail, 100 - tail])
     return float(low), float(high)

@@ -202,4 +202,5 @@ def test_version_is_a_nonempty_string():
     assert isinstance(version, str)
     assert version != ""
     assert re.match(r"^\d+\.\d+", version)
-    assert version == importlib.metadata.version("flowrl")
+    assert version == importlib.metadata.version("flowrl-policies")
+    assert flowrl.DISTRIBUTION == "flowrl-policies"

@@ -159,7 +159,8 @@ class OnPolicyCore(OnPolicyAlgorithm):
         policy: A policy alias, class, or ready instance of the learner's ``policy_base``.
         env: Env, VecEnv or registered id.
         learning_rate: Actor learning rate or schedule.
-        critic_learning_rate: Value-network learning rate (constant).
+        critic_learning_rate: Value-network learning rate or schedule (a callable of the
+            remaining progress, 1 → 0, as SB3's ``learning_rate``).
         n_steps: Steps per env per rollout.
         batch_size: Minibatch size.
         n_epochs: Passes over each rollout.
@@ -361,6 +362,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
             params.pop(key, None)
         self.policy_kwargs = params
         self._check_policy()
+        self.critic_lr_schedule = FloatSchedule(self.critic_learning_rate)
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
@@ -410,6 +412,20 @@ class OnPolicyCore(OnPolicyAlgorithm):
             "of another algorithm (e.g. PPO's ActorCriticPolicy, or another flowrl learner's "
             "policy) must be loaded with that algorithm"
         )
+
+    def _check_observation_normalization(self) -> None:
+        """Warn when observations would be normalized twice (VecNormalize and the actor)."""
+        norm = self.get_vec_normalize_env()
+        obs_norm = self.policy.actor.obs_normalizer
+        own = not (bool((obs_norm.shift == 0).all()) and bool((obs_norm.scale == 1).all()))
+        if norm is not None and norm.norm_obs and own:
+            warnings.warn(
+                "observations are normalized twice: the env is VecNormalize(norm_obs=True) and "
+                "the pretrained actor normalizes observations itself (its normalizer was fitted "
+                "on raw observations), so it sees normalized-twice inputs. Use "
+                "VecNormalize(env, norm_obs=False, norm_reward=True) with a pretrained actor.",
+                stacklevel=3,
+            )
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "policy.critic_optimizer"], []
@@ -563,8 +579,9 @@ class OnPolicyCore(OnPolicyAlgorithm):
         """One PPO update over the rollout buffer."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        critic_lr = self.critic_lr_schedule(self._current_progress_remaining)
         for group in self.policy.critic_optimizer.param_groups:
-            group["lr"] = self.critic_learning_rate
+            group["lr"] = critic_lr
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         clip_range_vf = (
             self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
@@ -728,6 +745,9 @@ class OnPolicyCore(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
         self.logger.record("train/learning_rate", self.policy.optimizer.param_groups[0]["lr"])
+        self.logger.record(
+            "train/critic_learning_rate", self.policy.critic_optimizer.param_groups[0]["lr"]
+        )
         self.logger.record("train/neg_log_prob_mean", mean(stats["neg_log_prob"]))
         self.logger.record("train/log_prob_adv_cov_mean", mean(stats["cov"]))
         self.logger.record("train/log_prob_adv_cov_max", mean(stats["cov_max"]))
@@ -808,6 +828,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
                 f"total_timesteps must be a positive integer (env steps to train), got "
                 f"{total_timesteps!r}"
             )
+        self._check_observation_normalization()
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from flowrl.nets.embeddings import SinusoidalEmbedding
 
-__all__ = ["MLP", "ResidualBlock", "VelocityMLP", "activation", "zero_init_"]
+__all__ = ["ACTIVATIONS", "MLP", "ResidualBlock", "VelocityMLP", "activation", "zero_init_"]
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
@@ -23,9 +23,9 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 def activation(name: str) -> nn.Module:
     """Build an activation module by name (relu, gelu, silu, mish, tanh, elu)."""
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 def zero_init_(layer: nn.Linear) -> nn.Linear:

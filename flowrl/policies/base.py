@@ -14,6 +14,7 @@ Both act in the normalized action box [−1, 1]^Da and map to the env's bounds a
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import asdict
 from typing import Any
@@ -28,10 +29,10 @@ from torch import Tensor, nn
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.integrators import gaussian_log_prob, integrate
 from flowrl.flow.times import time_grid
-from flowrl.nets.mlp import MLP
+from flowrl.nets.mlp import ACTIVATIONS, MLP
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
-__all__ = ["FlowPolicyBase", "check_pretrained", "check_spaces"]
+__all__ = ["FlowPolicyBase", "check_pretrained", "check_spaces", "sb3_architecture"]
 
 
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> tuple[int, int]:
@@ -138,6 +139,112 @@ def check_pretrained(
             )
 
 
+DEFAULT_VALUE_HIDDEN = (256, 256)
+
+
+def policy_options(cls: type) -> list[str]:
+    """The keyword arguments a flow policy class takes (its own and the base's), sorted."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass.__module__.startswith("stable_baselines3"):
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+                names.add(name)
+    internal = {"self", "observation_space", "action_space", "lr_schedule", "use_sde"}
+    return sorted(names - internal)
+
+
+def sb3_architecture(
+    net_arch: list[int] | dict[str, list[int]] | None,
+    activation_fn: type[nn.Module] | None,
+    actor_config: dict[str, Any] | None,
+    value_hidden: tuple[int, ...] | None,
+    value_act: str,
+) -> tuple[dict[str, Any], tuple[int, ...], str]:
+    """SB3's ``net_arch``/``activation_fn`` translated into flowrl's own knobs.
+
+    ``net_arch`` is SB3's: a list of widths for both networks, or ``dict(pi=[...],
+    vf=[...])``. ``pi`` is the velocity net, a residual MLP of ``depth`` blocks of one
+    ``width``, so it must repeat one width (``[256, 256, 256]`` → width 256, depth 3);
+    ``vf`` is the critic's hidden widths. ``activation_fn`` (a ``torch.nn`` class, as in SB3)
+    is the activation of both. Each may not contradict the flowrl knob it maps to.
+
+    Returns:
+        ``(actor_config, value_hidden, value_act)``.
+
+    Raises:
+        ValueError: For a ``net_arch`` the actor cannot take, an unsupported activation, or
+            a contradiction with ``actor_config``/``value_hidden``.
+    """
+    actor_config = dict(actor_config or {})
+    pi = vf = None
+    if net_arch is not None:
+        if isinstance(net_arch, dict):
+            extra = set(net_arch) - {"pi", "vf"}
+            if extra:
+                raise ValueError(f"net_arch takes the keys 'pi' and 'vf', got {sorted(extra)}")
+            pi, vf = net_arch.get("pi"), net_arch.get("vf")
+        else:
+            pi = vf = list(net_arch)
+    if pi is not None:
+        if not pi or len(set(pi)) != 1:
+            raise ValueError(
+                f"net_arch pi={list(pi)}: the velocity net is a residual MLP of `depth` blocks of "
+                "one `width`, so pi must repeat one width, e.g. pi=[256, 256, 256] (or set "
+                "actor_config=dict(width=..., depth=...))"
+            )
+        _merge(actor_config, {"width": int(pi[0]), "depth": len(pi)}, "net_arch pi")
+    if vf is not None:
+        if value_hidden is not None and tuple(value_hidden) != tuple(vf):
+            raise ValueError(f"net_arch vf={list(vf)} contradicts value_hidden={value_hidden}")
+        value_hidden = tuple(int(w) for w in vf)
+    if activation_fn is not None:
+        names = [name for name, klass in ACTIVATIONS.items() if klass is activation_fn]
+        if not names:
+            supported = ", ".join(f"nn.{klass.__name__}" for klass in ACTIVATIONS.values())
+            raise ValueError(f"activation_fn={activation_fn!r} is not supported; use {supported}")
+        _merge(actor_config, {"act": names[0]}, "activation_fn")
+        value_act = names[0]
+    return actor_config, tuple(value_hidden or DEFAULT_VALUE_HIDDEN), value_act
+
+
+def _merge(config: dict[str, Any], values: dict[str, Any], source: str) -> None:
+    for key, value in values.items():
+        if key in config and config[key] != value:
+            raise ValueError(f"{source} sets {key}={value!r} but actor_config has {config[key]!r}")
+        config[key] = value
+
+
+def check_actor_config(
+    pretrained: FlowActor | str | os.PathLike, actor_config: dict[str, Any]
+) -> None:
+    """Refuse an ``actor_config`` that contradicts the pretrained actor (it would be ignored).
+
+    The velocity net comes from the checkpoint; fields equal to the checkpoint's pass.
+
+    Raises:
+        ValueError: Naming each differing field.
+    """
+    if isinstance(pretrained, FlowActor):
+        config = asdict(pretrained.config)
+    else:
+        path = os.fspath(pretrained)
+        if not os.path.isfile(path):
+            return  # _make_actor names the missing file
+        config = asdict(FlowActor.load(path).config)
+    differing = {k: (v, config.get(k)) for k, v in actor_config.items() if config.get(k) != v}
+    if differing:
+        shown = ", ".join(
+            f"{k}={ours!r} (the actor has {theirs!r})" for k, (ours, theirs) in differing.items()
+        )
+        raise ValueError(
+            f"actor_config contradicts the pretrained actor: {shown}. The velocity net comes "
+            "from the checkpoint, so these would be ignored: drop them (use num_steps= for K)"
+        )
+
+
 def _default_optimizer_kwargs(
     optimizer_class: type[torch.optim.Optimizer], kwargs: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -199,11 +306,22 @@ class FlowPolicyBase(BasePolicy):
         pretrained: FlowActor | str | os.PathLike | None = None,
         num_steps: int | None = None,
         initial_std: float = 0.0,
-        value_hidden: tuple[int, ...] = (256, 256),
+        value_hidden: tuple[int, ...] | None = None,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] | None = None,
+        value_act: str = "tanh",
         use_sde: bool | None = None,
+        **unknown: Any,
     ):
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown policy_kwargs {sorted(unknown)}; its options "
+                f"are {', '.join(policy_options(type(self)))}. The velocity net is set by "
+                "actor_config (width, depth, time_dim, act, num_steps, ...; or SB3's net_arch pi "
+                "and activation_fn), the critic by value_hidden (or net_arch vf)."
+            )
         if use_sde is not None:  # only SB3's own algorithms pass it (PPO.load of our zip)
             raise ValueError(
                 f"{type(self).__name__} is a flowrl flow policy, built here by an SB3 algorithm "
@@ -221,6 +339,11 @@ class FlowPolicyBase(BasePolicy):
         if not initial_std >= 0:
             raise ValueError(f"initial_std must be >= 0, got {initial_std}")
         self.initial_std = float(initial_std)
+        actor_config, value_hidden, value_act = sb3_architecture(
+            net_arch, activation_fn, actor_config, value_hidden, value_act
+        )
+        if pretrained is not None and actor_config:
+            check_actor_config(pretrained, actor_config)
         self.actor = self._make_actor(obs_dim, action_dim, actor_config, pretrained, action_space)
         self._check_method(self.actor)
         # Frozen copy of the starting flow: the anchor of the W2 regularizer.
@@ -229,8 +352,9 @@ class FlowPolicyBase(BasePolicy):
         time_grid(self.num_steps)  # validates K early
         self.actor.check_num_steps(self.num_steps)  # a shortcut actor's trained K only
         self._build_noise(obs_dim, action_dim)
-        self.value_net = MLP(obs_dim, 1, value_hidden, act="tanh")
+        self.value_net = MLP(obs_dim, 1, value_hidden, act=value_act)
         self.value_hidden = tuple(value_hidden)
+        self.value_act = value_act
         self.optimizer = self.optimizer_class(
             self._actor_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
@@ -344,6 +468,7 @@ class FlowPolicyBase(BasePolicy):
             num_steps=self.num_steps,
             initial_std=self.initial_std,
             value_hidden=self.value_hidden,
+            value_act=self.value_act,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
         )

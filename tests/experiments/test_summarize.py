@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from flowrl.metrics import iqm, iqm_bootstrap_ci
+
 import summarize
 
 
@@ -49,10 +51,11 @@ def test_rows_average_seeds_and_report_the_change(tmp_path):
     assert scratch["change"] == 10 and scratch["change_percent"] is None  # from scratch: no %
     table = summarize.markdown(rows)
     assert (
-        "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 200 ± 50 | "
-        "+100 (+100 %) | 150, 250 | 300, 250 | 1.50 |" in table
+        "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 100 [100, 100] | "
+        "200 ± 50 | 200 [150, 250] | +100 (+100 %) | 150, 250 | 300, 250 | 1.50 |" in table
     )
-    assert "| 10 ± 0 | 20 ± 0 | +10 | 20 | 20 | — |" in table
+    # One seed: the IQM is its value, and there is no interval.
+    assert "| 10 ± 0 | 10 [n/a] | 20 ± 0 | 20 [n/a] | +10 | 20 | 20 | — |" in table
     summarize.plot(groups, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
 
@@ -95,3 +98,38 @@ def test_the_curve_stops_where_the_shortest_seed_did(tmp_path):
         "return_deterministic_mean",
     )
     assert steps == [0, 500] and values.tolist() == [[100.0, 300.0], [100.0, 250.0]]
+
+
+def test_rows_report_the_iqm_over_seeds_with_its_bootstrap_interval(tmp_path):
+    starts, finals = [90, 100, 105, 110, 300], [150, 2000, 160, 170, 180]
+    runs = [
+        _run(tmp_path / f"s{seed}", seed, start=start, final=final)
+        for seed, (start, final) in enumerate(zip(starts, finals, strict=True))
+    ]
+    (row,) = summarize.summarize(summarize.load_runs(runs))
+    # Five seeds: one cut at each end, the middle three averaged; the outliers drop out.
+    assert row["start_iqm"] == pytest.approx((100 + 105 + 110) / 3)
+    assert row["final_iqm"] == pytest.approx((160 + 170 + 180) / 3)
+    assert row["final_mean"] == pytest.approx(532)  # the mean does not drop the 2000
+    for key, values in (("start", starts), ("final", finals)):
+        expected = iqm_bootstrap_ci(values, 0.95, summarize.BOOTSTRAP_SAMPLES, 0)
+        assert row[f"{key}_iqm_ci95"] == list(expected)
+        low, high = row[f"{key}_iqm_ci95"]
+        assert row[f"{key}_iqm"] == pytest.approx(iqm(values))
+        assert low <= row[f"{key}_iqm"] <= high
+    low, high = row["final_iqm_ci95"]
+    assert f"| 170 [{low:.0f}, {high:.0f}] |" in summarize.markdown([row])
+    # Seeded: summarizing again gives the same table.
+    assert summarize.summarize(summarize.load_runs(runs)) == [row]
+
+
+def test_one_seed_writes_no_interval_rather_than_failing(tmp_path, monkeypatch):
+    out = tmp_path / "docs" / "one_seed"
+    run = _run(tmp_path / "a", 0, start=100, final=150)
+    monkeypatch.setattr("sys.argv", ["summarize.py", str(run), "--out", str(out)])
+    summarize.main()
+    (row,) = json.loads((tmp_path / "docs" / "one_seed.json").read_text())
+    assert row["start_iqm"] == 100 and row["final_iqm"] == 150
+    assert row["start_iqm_ci95"] is None and row["final_iqm_ci95"] is None
+    table = (tmp_path / "docs" / "one_seed.md").read_text()
+    assert "| 100 ± 0 | 100 [n/a] | 150 ± 0 | 150 [n/a] |" in table

@@ -60,6 +60,8 @@ TINY_REINFLOW = [
     "eval.freq=256",
     "eval.episodes=2",
     "progress_bar=false",
+    # a fresh actor even where a BC actor lies in the default pretrain_dir (outputs/pretrain/…)
+    "from_scratch=true",
 ]
 
 
@@ -437,4 +439,6 @@ def test_multirun_gives_each_seed_its_own_folder(tmp_path):
     for seed in (0, 1):
         results = json.loads((tmp_path / "runs" / f"seed{seed}" / "results.json").read_text())
         assert results["config"]["seed"] == seed and results["timesteps"] == 128
-        assert (tmp_path / "sweep" / f"{seed}_reinflow_pendulum_seed{seed}" / ".hydra").is_dir()
+        # Hydra's records of the job too (test_hydra_conventions.py: the whole layout)
+        assert (tmp_path / "runs" / f"seed{seed}" / ".hydra" / "overrides.yaml").is_file()
+    assert (tmp_path / "sweep" / "multirun.yaml").is_file()

@@ -12,6 +12,7 @@ checkpoint carries everything needed to act:
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -378,9 +379,28 @@ class FlowActor(nn.Module):
         """
         from flowrl.checkpoints import load_checkpoint_file  # (flowrl.checkpoints needs SB3)
 
+        if _is_sb3_zip(path):
+            raise ValueError(
+                f"{os.fspath(path)!r} is a Stable-Baselines3 model .zip (a whole trained model), "
+                f"not a {cls.__name__} checkpoint: load it with its learner (e.g. "
+                "ReinFlow.load(path)); pretrained= and FlowActor.load take a BC actor saved by "
+                "FlowActor.save (e.g. the bc stage's bc.pt)"
+            )
         ckpt = load_checkpoint_file(path, f"{cls.__name__} checkpoint")
         try:
             return cls.from_checkpoint(ckpt).to(map_location)
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             # Missing or misshapen tensors surface as KeyError/RuntimeError from torch.
             raise ValueError(f"checkpoint {os.fspath(path)!r}: {err}") from err
+
+
+def _is_sb3_zip(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an SB3 ``save`` archive (a zip holding ``data`` and ``*.pth``)."""
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+    return "data" in names and any(name.endswith(".pth") for name in names)

@@ -194,3 +194,15 @@ def test_actor_of_other_dims_is_refused_naming_the_checkpoint(policy_class, tmp_
     actor.save(tmp_path / "chunked.pt")
     with pytest.raises(ValueError, match=r"pretrained actor has .*\(3, 4\).*\(3, 2\).*chunked\.pt"):
         policy_class.from_pretrained(tmp_path / "chunked.pt", OBS, ACT)
+
+
+@pytest.mark.parametrize("policy_class", POLICIES)
+def test_an_sb3_model_zip_as_pretrained_says_what_it_is(policy_class, tmp_path):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    PPO("MlpPolicy", make_vec_env("Pendulum-v1"), n_steps=16, batch_size=16).save(
+        tmp_path / "model.zip"
+    )
+    with pytest.raises(ValueError, match=r"model.zip' is a Stable-Baselines3 model .zip .*bc.pt"):
+        policy_class.from_pretrained(str(tmp_path / "model.zip"), OBS, ACT)

@@ -64,6 +64,7 @@ from flowrl.algos.on_policy import check_on_policy_args
 from flowrl.callbacks import LearningCurveCallback
 from flowrl.checkpoints import TrainingCheckpoint, sigterm_as_interrupt
 from flowrl.envs import ActionChunk
+from flowrl.optim import SCHEDULE_KINDS, make_schedule
 
 from pretrain import (
     BCStageConfig,
@@ -149,10 +150,35 @@ class OnPolicyConfig(AlgoConfig):
 
 
 @dataclass
+class ScheduleConfig:
+    """A learning-rate schedule over the run (``flowrl.optim.make_schedule``).
+
+    E.g. ``algo.lr_schedule.kind=cosine algo.lr_schedule.final_fraction=0.1``: both learning
+    rates fall from their configured values to a tenth of them by the end of training.
+    """
+
+    kind: str = "constant"  # constant, linear or cosine (of SB3's remaining progress)
+    final_fraction: float = 0.0  # end value over start value (linear and cosine)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(
+                f"algo.lr_schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}, got "
+                f"{self.kind!r}"
+            )
+        if not self.final_fraction >= 0:
+            raise ValueError(
+                f"algo.lr_schedule.final_fraction must be >= 0, got {self.final_fraction}"
+            )
+
+
+@dataclass
 class FlowOnPolicyConfig(OnPolicyConfig):
     """The on-policy core's options (``flowrl.algos.OnPolicyCore``), shared by its learners."""
 
     critic_learning_rate: float = 1e-3  # value net
+    # schedule of learning_rate and critic_learning_rate (each from its own value)
+    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     bc_coef: float = 0.0  # W2 regularizer towards the starting flow (0: off)
     critic_warmup_updates: int = 0  # first updates train the value net only
     critic_full_epochs: bool = False  # the value net trains all n_epochs past a target_kl stop
@@ -163,6 +189,15 @@ class FlowOnPolicyConfig(OnPolicyConfig):
     kl_cov_coef: float = 1.0  # KL-Cov's beta
     ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
     sampler_check_tol: float = 1e-3  # max |log p| gap between rollout and re-scoring
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor arguments; a non-constant ``lr_schedule`` makes both rates callables."""
+        params = super().hyperparameters()
+        schedule = params.pop("lr_schedule")
+        if schedule.kind != "constant":  # floats otherwise: models as built before schedules
+            for key in ("learning_rate", "critic_learning_rate"):
+                params[key] = make_schedule(schedule.kind, params[key], schedule.final_fraction)
+        return params
 
 
 @register_schema("algo", "reinflow")
@@ -175,7 +210,9 @@ class ReinFlowConfig(FlowOnPolicyConfig):
     policies: list[str] = field(default_factory=lambda: ["flow"])
     sigma_max_final: float | None = None  # sigma_max at the end (null: constant)
     sigma_hold_fraction: float = 0.5  # share of training sigma_max is held before decaying
-    log_prob_reduction: str = "sum"  # "sum": exact chain likelihood; "mean": divided by K Da
+    # "sum": exact chain likelihood; "mean": divided by K Da; "paper": the official code's
+    # mean over the (K+1) Da Gaussian terms, clamped to [-1, 1] (+recipe=reinflow_paper)
+    log_prob_reduction: str = "sum"
 
 
 @register_schema("algo", "policyflow")
@@ -715,12 +752,16 @@ def build_model(cfg: TrainConfig | DictConfig, venv: VecEnv) -> BaseAlgorithm:
             n_envs=venv.num_envs,
             warn=False,  # the learners warn themselves
         )
+    params = cfg.algo.hyperparameters()
+    # Schedule objects are handed over as they are (instantiate would convert them).
+    schedules = {k: v for k, v in params.items() if callable(v)}
     make = hydra.utils.instantiate(
-        {"_target_": cfg.algo._target_, **cfg.algo.hyperparameters()},
+        {"_target_": cfg.algo._target_, **{k: v for k, v in params.items() if k not in schedules}},
         _partial_=True,
         _convert_="all",
     )
     return make(
+        **schedules,
         policy=cfg.policy.policy,
         env=venv,
         policy_kwargs=cfg.policy.policy_kwargs(cfg.pretrained),
@@ -756,14 +797,15 @@ def save_curve_plot(
 
 
 # Options added after results.json files were first written, each with the value that does
-# what runs did before it existed (and the algo it belongs to, None: any): a saved config
-# that lacks one ran with that value, so it still matches a config that has the value.
-ADDED_OPTIONS: dict[str, tuple[Any, str | None]] = {
+# what runs did before it existed (and the algo or algos it belongs to, None: any): a saved
+# config that lacks one ran with that value, so it still matches a config that has the value.
+ADDED_OPTIONS: dict[str, tuple[Any, str | tuple[str, ...] | None]] = {
     "algo.critic_full_epochs": (False, "reinflow"),
     "algo.entropy_control": (None, "reinflow"),
     "algo.cov_fraction": (None, "reinflow"),
     "algo.clip_cov_bounds": ([1.0, 5.0], "reinflow"),
     "algo.kl_cov_coef": (1.0, "reinflow"),
+    "algo.lr_schedule": ({"kind": "constant", "final_fraction": 0.0}, ("reinflow", "policyflow")),
     "dataset.teacher_norm_obs": (False, None),
     "env.action_chunk": (1, None),
 }
@@ -773,7 +815,8 @@ def with_added_options(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the :data:`ADDED_OPTIONS` it lacks filled in (a copy)."""
     config = json.loads(json.dumps(config))
     for dotted, (value, algo) in ADDED_OPTIONS.items():
-        if algo is not None and config.get("algo", {}).get("name") != algo:
+        algos = (algo,) if isinstance(algo, str) else algo
+        if algos is not None and config.get("algo", {}).get("name") not in algos:
             continue
         *parents, key = dotted.split(".")
         node = config

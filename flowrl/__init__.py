@@ -34,6 +34,8 @@ _EXPORTS = {
     "load_dataset": "flowrl.data",
     "LearningCurveCallback": "flowrl.callbacks",
     "TrainingCheckpoint": "flowrl.checkpoints",
+    "reinflow_mujoco": "flowrl.recipes",
+    "reinflow_paper": "flowrl.recipes",
 }
 
 __all__ = ["__version__", *_EXPORTS]

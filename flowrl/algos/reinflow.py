@@ -7,6 +7,10 @@ Each env step samples a K-step chain a⁰ → a^K with learned Gaussian noise on
 step (see :class:`~flowrl.policies.flow_policy.FlowPolicy`); the chain's log-likelihood is a
 sum of Gaussian log-densities, so PPO's clipped ratio applies to it exactly. The learner
 reads top to bottom: rollout (``collect_rollouts``), then the update (``train``).
+
+``log_prob_reduction="paper"`` reproduces the official implementation's per-term average
+and clamp instead (see :meth:`ReinFlow.reduce_log_prob`); ``flowrl.recipes.reinflow_paper``
+returns the paper's MuJoCo settings to go with it (``docs/reinflow_paper_settings.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from flowrl.algos.buffers import ChainRolloutBuffer, FieldRolloutSamples
 from flowrl.algos.on_policy import OnPolicyCore, PolicyTerms, RolloutStep, torch_face
 from flowrl.policies.flow_policy import FlowPolicy
 
-__all__ = ["ReinFlow", "torch_face"]
+__all__ = ["PAPER_LOG_PROB_BOUNDS", "ReinFlow", "torch_face"]
+
+# The official ReinFlow code clamps each chain's averaged log-probability (new and old) to
+# [logprob_min, logprob_max] before the ratio; every MuJoCo config there sets [-1, 1]
+# (model/flow/ft_ppo/ppoflow.py, PPOFlow.loss; cfg/gym/finetune/*/ft_ppo_reflow_mlp.yaml).
+PAPER_LOG_PROB_BOUNDS = (-1.0, 1.0)
+
+LogProbReduction = Literal["sum", "mean", "paper"]
 
 
 class ReinFlow(OnPolicyCore):
@@ -35,7 +46,13 @@ class ReinFlow(OnPolicyCore):
         sigma_hold_fraction: Fraction of training σ_max is held before its cosine decay.
         log_prob_reduction: ``"sum"`` — the exact chain log-likelihood enters the ratio;
             ``"mean"`` — it is divided by K·Da first (smaller, steadier ratios for long
-            chains; no longer the exact likelihood ratio), and so is the chain entropy.
+            chains; no longer the exact likelihood ratio), and so is the chain entropy;
+            ``"paper"`` — as the official ReinFlow code: divided by the number of Gaussian
+            terms, (K+1)·Da with a random chain start (``initial_std`` > 0; K·Da for a⁰ = 0),
+            then clamped to :data:`PAPER_LOG_PROB_BOUNDS` ([−1, 1]) for old and new
+            log-probs alike; the entropy (a⁰'s included) is divided likewise. Da is the
+            policy's action size, Ta·Da under an action chunk. Clip ranges, entropy
+            coefficients and KL targets tuned for one reduction do not transfer to another.
         **kwargs: The on-policy core's arguments (:class:`OnPolicyCore`: ``learning_rate``,
             ``n_steps``, ``batch_size``, ``clip_range``, ``ent_coef`` — the chain's Gaussian
             entropy —, ``bc_coef``, ``target_kl``, ``critic_warmup_updates``,
@@ -54,12 +71,12 @@ class ReinFlow(OnPolicyCore):
         *,
         sigma_max_final: float | None = None,
         sigma_hold_fraction: float = 0.5,
-        log_prob_reduction: Literal["sum", "mean"] = "sum",
+        log_prob_reduction: LogProbReduction = "sum",
         **kwargs: Any,
     ):
-        if log_prob_reduction not in ("sum", "mean"):
+        if log_prob_reduction not in ("sum", "mean", "paper"):
             raise ValueError(
-                f"log_prob_reduction must be 'sum' or 'mean', got {log_prob_reduction!r}"
+                f"log_prob_reduction must be 'sum', 'mean' or 'paper', got {log_prob_reduction!r}"
             )
         if not 0.0 <= sigma_hold_fraction <= 1.0:
             raise ValueError(f"sigma_hold_fraction must lie in [0, 1], got {sigma_hold_fraction}")
@@ -116,22 +133,74 @@ class ReinFlow(OnPolicyCore):
         return {"log_probs": self.policy.log_prob_chain(batch.observations, batch.fields["chains"])}
 
     def _reduction_scale(self) -> int:
-        """What ``log_prob_reduction`` divides chain log-ratios and entropies by (1: "sum")."""
+        """What ``log_prob_reduction`` divides chain log-probs and entropies by (1: "sum").
+
+        "mean": K·Da; "paper": the number of Gaussian terms, (K+1)·Da when a⁰ is drawn
+        (``initial_std`` > 0) and K·Da when a⁰ = 0 is fixed (the official code's
+        ``account_for_initial_stochasticity`` on and off).
+        """
+        action_size = self.action_space.shape[0]  # type: ignore[index]
         if self.log_prob_reduction == "mean":
-            return self.policy.num_steps * self.action_space.shape[0]  # type: ignore[index]
+            return self.policy.num_steps * action_size
+        if self.log_prob_reduction == "paper":
+            return (self.policy.num_steps + int(self.policy.initial_std > 0)) * action_size
         return 1
 
+    def reduce_log_prob(self, log_prob: Tensor) -> Tensor:
+        """A chain's log-probability as ``log_prob_reduction`` defines it.
+
+        "sum" returns the exact log-likelihood unchanged and "mean" divides it by K·Da.
+        "paper" is the official implementation's value: the mean over the chain's Gaussian
+        terms, clamped to :data:`PAPER_LOG_PROB_BOUNDS`, i.e.
+        ``clamp((log N(a⁰) + Σ_k log N(a^{k+1} | a^k)) / ((K+1)·Da), −1, 1)``.
+
+        Args:
+            log_prob: Exact chain log-likelihoods, shape (B,) (``log_prob_chain``'s).
+
+        Returns:
+            The reduced log-probabilities, shape (B,).
+        """
+        reduced = log_prob / self._reduction_scale()
+        if self.log_prob_reduction == "paper":
+            reduced = reduced.clamp(*PAPER_LOG_PROB_BOUNDS)
+        return reduced
+
     def _log_ratio(self, log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
-        """Log π_new/π_old of each chain, reduced as ``log_prob_reduction`` says."""
+        """Log π_new/π_old of each chain, reduced as ``log_prob_reduction`` says.
+
+        "paper" reduces (and clamps) both log-probs before subtracting, as the official code
+        does, so a chain whose averaged log-prob lies outside the bounds has ratio 1 and no
+        gradient.
+        """
+        if self.log_prob_reduction == "paper":
+            return self.reduce_log_prob(log_prob) - self.reduce_log_prob(old_log_prob)
         return (log_prob - old_log_prob) / self._reduction_scale()
 
+    def _chain_entropy(self, transition_entropy: Tensor) -> Tensor:
+        """The entropy term: the transitions' (plus a⁰'s for "paper"), reduced."""
+        if self.log_prob_reduction == "paper" and self.policy.initial_std > 0:
+            # a⁰ ~ N(0, c²I) adds Da·½·log(2πe·c²), a constant: it moves the logged value to
+            # the official code's, not the gradient.
+            action_size = self.action_space.shape[0]  # type: ignore[index]
+            c = self.policy.initial_std
+            transition_entropy = transition_entropy + action_size * 0.5 * math.log(
+                2 * math.pi * math.e * c * c
+            )
+        return transition_entropy / self._reduction_scale()
+
     def _policy_terms(self, batch: FieldRolloutSamples) -> PolicyTerms:
-        """The chain's exact log-ratio (reduced as ``log_prob_reduction`` says) and entropy."""
+        """The chain's log-ratio and entropy, reduced as ``log_prob_reduction`` says.
+
+        The log-prob handed on (entropy control, the ``neg_log_prob`` statistic) is the exact
+        one for "sum" and "mean" and the paper's reduced, clamped one for "paper".
+        """
         log_prob, entropy, values = self.policy.evaluate_chain(
             batch.observations, batch.fields["chains"]
         )
         log_ratio = self._log_ratio(log_prob, batch.old_log_prob)
-        entropy = entropy / self._reduction_scale()
+        if self.log_prob_reduction == "paper":
+            log_prob = self.reduce_log_prob(log_prob)
+        entropy = self._chain_entropy(entropy)
         return PolicyTerms(log_ratio=log_ratio, log_prob=log_prob, entropy=entropy, values=values)
 
     def _first_minibatch_stats(self, batch: FieldRolloutSamples) -> dict[str, float]:

@@ -1,8 +1,10 @@
-"""ReinFlow's own parts: the chain buffer, the σ_max schedule, the log-prob reduction.
+"""ReinFlow's own parts: the chain buffer, the σ_max schedule, the log-prob reductions.
 
 What every on-policy learner shares (ratio 1, NaN refusal, checkpoints, the SB3 surface) is
 tested for ReinFlow in ``test_on_policy_learners.py``.
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from learner_helpers import assert_same_state, rollout, state, update
 from stable_baselines3.common.callbacks import BaseCallback
 
 from flowrl.algos import ChainRolloutBuffer, ReinFlow
+from flowrl.algos.reinflow import PAPER_LOG_PROB_BOUNDS
 
 
 def _kwargs(K=2, **extra):
@@ -82,6 +85,105 @@ def test_log_ratio_reduction_and_clip():
     model = _model(K=4, log_prob_reduction="mean", log_ratio_clip=0.5)
     clipped = model._clip_log_ratio(model._log_ratio(new, old))
     torch.testing.assert_close(clipped, torch.tensor([0.5, -0.5, 0.2, 0.0], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------- the paper's reduction
+
+
+def _paper_model(K=2, initial_std=1.0, sigma=(0.10, 0.24), **kw):
+    policy_kwargs = _kwargs(K, initial_std=initial_std, sigma_min=sigma[0], sigma_max=sigma[1])
+    return _model(K=K, log_prob_reduction="paper", policy_kwargs=policy_kwargs, **kw)
+
+
+def test_paper_reduction_arithmetic():
+    # K = 4, Da = 1: (K+1)·Da = 5 terms with a random a⁰, K·Da = 4 with a⁰ = 0.
+    assert PAPER_LOG_PROB_BOUNDS == (-1.0, 1.0)
+    new = torch.tensor([30.0, -30.0, 4.0, 2.0, -5.5], dtype=torch.float64)
+    old = torch.tensor([0.0, 0.0, -2.5, 2.0, -4.0], dtype=torch.float64)
+    drawn = _paper_model(K=4, initial_std=1.0)
+    torch.testing.assert_close(
+        drawn.reduce_log_prob(new), torch.tensor([1.0, -1.0, 0.8, 0.4, -1.0]).double()
+    )
+    torch.testing.assert_close(
+        drawn._log_ratio(new, old), torch.tensor([1.0, -1.0, 1.3, 0.0, -0.2]).double()
+    )
+    fixed = _paper_model(K=4, initial_std=0.0)
+    torch.testing.assert_close(
+        fixed.reduce_log_prob(new), torch.tensor([1.0, -1.0, 1.0, 0.5, -1.0]).double()
+    )
+
+
+def _means_chain(policy, obs, a0, offsets):
+    """A chain a⁰ … a^K whose step k lands ``offsets[k]``·σ away from its Gaussian's mean."""
+    states = [a0]
+    for k, offset in enumerate(offsets):
+        mean, std = policy.step_distribution(obs, states[-1], k)
+        states.append(mean + offset * std)
+    return torch.stack(states, dim=1)
+
+
+def test_paper_log_prob_equals_an_independent_mean_over_k_plus_1_terms_with_the_clamp():
+    """The paper's value on a hand-made case: (log N(a⁰; 0, I) + Σ_k log N(a^{k+1}; μ_k, σ_k²))
+    / ((K+1)·Da), clamped to [-1, 1], each term computed on its own with torch.distributions.
+
+    Small σ makes the chain at its means score above 1, 10σ offsets below −1, and 2σ offsets
+    in between, so the clamp binds on both sides and not in the middle.
+    """
+    K = 2
+    model = _paper_model(K=K, sigma=(0.01, 0.02))
+    policy = model.policy
+    da = model.action_space.shape[0]
+    obs = torch.tensor([[1.0, 0.0, 0.3], [0.2, -0.9, -1.0], [-0.6, 0.8, 2.0]])
+    a0 = torch.tensor([[0.0], [0.5], [-1.2]])
+    with torch.no_grad():
+        chains = torch.cat(
+            [
+                _means_chain(policy, obs[:1], a0[:1], [0.0, 0.0]),
+                _means_chain(policy, obs[1:2], a0[1:2], [10.0, -10.0]),
+                _means_chain(policy, obs[2:], a0[2:], [2.0, -2.1]),
+            ]
+        )
+        expected = []
+        for b in range(3):
+            total = torch.distributions.Normal(0.0, 1.0).log_prob(chains[b, 0].double()).sum()
+            for k in range(K):
+                mean, std = policy.step_distribution(obs[b : b + 1], chains[b : b + 1, k], k)
+                step = torch.distributions.Normal(mean.double(), std.double())
+                total = total + step.log_prob(chains[b : b + 1, k + 1].double()).sum()
+            expected.append(total / ((K + 1) * da))
+        raw = torch.stack(expected)
+        assert raw[0] > 1 and raw[1] < -1 and -1 < raw[2] < 1  # the case covers the clamp
+        value = model.reduce_log_prob(policy.log_prob_chain(obs, chains))
+    torch.testing.assert_close(value, raw.clamp(-1.0, 1.0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("K", "initial_std"), [(1, 1.0), (4, 1.0), (2, 0.0)])
+def test_paper_reduction_has_ratio_one_on_fresh_data(K, initial_std):
+    model = _paper_model(K=K, initial_std=initial_std)
+    values = update(model)
+    assert values["flow/ratio_first_minibatch"] == 1.0
+    assert values["flow/ratio_first_minibatch_max_deviation"] == 0.0
+    values = update(model)
+    assert np.isfinite(values["flow/ratio_mean"]) and np.isfinite(values["train/approx_kl"])
+
+
+def test_paper_entropy_is_the_mean_over_the_same_terms():
+    K, c = 2, 1.0
+    model = _paper_model(K=K, initial_std=c)
+    rollout(model)
+    model.rollout_buffer.flatten()
+    batch = next(model.rollout_buffer.get(model.batch_size))
+    with torch.no_grad():
+        terms = model._policy_terms(batch)
+        obs, chains = batch.observations, batch.fields["chains"]
+        transitions = model.policy.entropy_chain(obs, chains)
+        a0_entropy = 0.5 * math.log(2 * math.pi * math.e * c**2)  # Da = 1
+        exact = model.policy.log_prob_chain(obs, chains)
+    torch.testing.assert_close(terms.entropy, (transitions + a0_entropy) / (K + 1))
+    torch.testing.assert_close(terms.log_prob, (exact / (K + 1)).clamp(-1.0, 1.0))
+    torch.testing.assert_close(
+        terms.log_ratio, torch.zeros_like(terms.log_ratio), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize(

@@ -442,3 +442,43 @@ def test_multirun_gives_each_seed_its_own_folder(tmp_path):
         # Hydra's records of the job too (test_hydra_conventions.py: the whole layout)
         assert (tmp_path / "runs" / f"seed{seed}" / ".hydra" / "overrides.yaml").is_file()
     assert (tmp_path / "sweep" / "multirun.yaml").is_file()
+
+
+def test_lr_schedule_from_the_command_line(tmp_path):
+    from flowrl.optim import CosineSchedule, LinearSchedule
+
+    schedule = ["algo.lr_schedule.kind=linear", "algo.lr_schedule.final_fraction=0.1"]
+    cfg = TRAIN.as_train_config(
+        config(
+            *TINY_REINFLOW, *schedule, "algo.critic_learning_rate=0.002", f"output_dir={tmp_path}"
+        )
+    )
+    venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
+    model = TRAIN.build_model(cfg, venv)
+    assert model.learning_rate == LinearSchedule(3e-4, 0.1)
+    assert model.critic_learning_rate == LinearSchedule(0.002, 0.1)
+    model.learn(2 * cfg.algo.n_steps)  # updates at remaining progress 1/2 and 0
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(3e-5)
+    assert model.policy.critic_optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+    venv.close()
+
+    # The default builds the model as before schedules existed: plain floats.
+    model = TRAIN.build_model(TRAIN.as_train_config(config(*TINY_REINFLOW)), venv)
+    assert (model.learning_rate, model.critic_learning_rate) == (3e-4, 1e-3)
+    cfg = TRAIN.as_train_config(config("algo=policyflow", "algo.lr_schedule.kind=cosine"))
+    model = TRAIN.build_model(cfg, venv)
+    assert model.critic_learning_rate == CosineSchedule(1e-3, 0.0)
+    with pytest.raises(ValueError, match="algo.lr_schedule.kind must be one of"):
+        TRAIN.as_train_config(config("algo.lr_schedule.kind=step"))
+    with pytest.raises(ValueError, match="lr_schedule is not an option of PPOConfig"):
+        TRAIN.as_train_config(config("algo=ppo", "+algo.lr_schedule.kind=linear"))
+
+
+def test_results_without_lr_schedule_still_match():
+    constant = {"kind": "constant", "final_fraction": 0.0}
+    for algo in ("reinflow", "policyflow"):
+        old = {"algo": {"name": algo, "learning_rate": 3e-4}}
+        assert TRAIN.with_added_options(old)["algo"]["lr_schedule"] == constant
+    assert "lr_schedule" not in TRAIN.with_added_options({"algo": {"name": "ppo"}})["algo"]
+    saved = {"algo": {"name": "reinflow", "lr_schedule": {"kind": "linear", "final_fraction": 0}}}
+    assert TRAIN.with_added_options(saved)["algo"]["lr_schedule"]["kind"] == "linear"

@@ -1,7 +1,7 @@
 """flowrl.envs: environments for flowrl (installed from the repository's ``envs/`` folder).
 
 Importing this package registers flowrl's gymnasium environments. Batched MJX environments
-live in submodules that import jax on first use (``pip install "flowrl[mjx]"``).
+live in submodules that import jax on first use (``pip install "flowrl-policies[mjx]"``).
 
 Wrappers: :class:`flowrl.envs.wrappers.ActionChunk` plays a chunk of Ta actions per step.
 

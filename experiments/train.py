@@ -15,7 +15,8 @@ fields at once), ``recipe`` (bundles added with ``+recipe=…``); ``--help`` lis
 Every run writes to ``output_dir``, one folder per job (a multirun's too; its
 ``multirun.yaml`` alone goes to ``hydra.sweep.dir``):
 
-* ``model.zip`` (SB3 checkpoint; ``vecnormalize.pkl`` too when rewards are normalized);
+* ``model.zip`` (SB3 checkpoint; ``vecnormalize.pkl`` too when rewards are normalized) and
+  ``best_model.zip`` (the model at its best deterministic evaluation);
 * ``curve.csv`` and ``curve.png``: returns of the deterministic and the stochastic policy
   on a separate eval env against env steps;
 * ``results.json``: the resolved config, final returns, wall time, steps per second and the
@@ -89,6 +90,7 @@ CHECKPOINT = "checkpoint.pt"  # an unfinished fine-tuning run's resumable state
 PARTIAL_FILES = (
     f"{CHECKPOINT}.tmp",
     "model.partial.zip",
+    "best_model.partial.zip",
     "vecnormalize.partial.pkl",
     "results.json.tmp",
 )
@@ -915,6 +917,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
         deterministic=cfg.eval.deterministic,
         stochastic=cfg.eval.stochastic,
         evaluate_at_start=cfg.eval.at_start,
+        best_model_path=out / "best_model.zip",
         verbose=cfg.verbose,
     )
     ckpt = TrainingCheckpoint(

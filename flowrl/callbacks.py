@@ -4,6 +4,9 @@
     model.learn(1_000_000, callback=curve)
     curve.save_csv("curve.csv")   # timesteps, returns of the deterministic and stochastic policy
 
+With ``best_model_path="best_model.zip"`` it also keeps the model of the best evaluation so far
+(a model past its peak is common in RL fine-tuning).
+
 Works with any SB3 algorithm (ReinFlow, PPO, SAC, …): evaluation goes through
 ``model.predict``, so a flow policy is scored both on its deterministic ODE and on its
 noisy chain.
@@ -15,6 +18,7 @@ import copy
 import csv
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -52,6 +56,12 @@ class LearningCurveCallback(BaseCallback):
     Returns are the env's own rewards as recorded by a ``Monitor`` wrapper inside the eval
     env (so reward normalization of the training env does not change them).
 
+    The best evaluation so far is tracked in :attr:`best_return` and :attr:`best_timesteps`:
+    by the deterministic mean return, or the stochastic one when only the stochastic policy
+    is evaluated. With ``best_model_path`` the model is saved there whenever an evaluation
+    beats the best so far (ties keep the earlier model). It holds the model only: a run that
+    normalizes observations with ``VecNormalize`` keeps its latest statistics elsewhere.
+
     Args:
         eval_env: The evaluation env (a gymnasium env is wrapped in a ``DummyVecEnv``).
             Wrap it in ``Monitor`` (SB3's ``make_vec_env`` does) so returns are exact.
@@ -62,11 +72,13 @@ class LearningCurveCallback(BaseCallback):
         stochastic: Evaluate the stochastic policy.
         evaluate_at_start: Also evaluate before the first training step (the row at the
             starting timestep: e.g. a BC-pretrained policy before fine-tuning).
+        best_model_path: Where to save the model of the best evaluation so far (an SB3
+            ``.zip``, written atomically: a crash never leaves half a file); None: not saved.
         verbose: 0 silent, 1 one line per evaluation.
 
     Raises:
-        ValueError: For ``eval_freq`` or ``n_eval_episodes`` below 1, or when neither mode
-            is asked for.
+        ValueError: For ``eval_freq`` or ``n_eval_episodes`` below 1, when neither mode
+            is asked for, or for a ``best_model_path`` not ending in ``.zip``.
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class LearningCurveCallback(BaseCallback):
         deterministic: bool = True,
         stochastic: bool = True,
         evaluate_at_start: bool = True,
+        best_model_path: str | os.PathLike[str] | None = None,
         verbose: int = 0,
     ):
         super().__init__(verbose=verbose)
@@ -86,6 +99,11 @@ class LearningCurveCallback(BaseCallback):
             raise ValueError(f"n_eval_episodes must be >= 1, got {n_eval_episodes}")
         if not (deterministic or stochastic):
             raise ValueError("nothing to evaluate: set deterministic=True and/or stochastic=True")
+        if best_model_path is not None and Path(best_model_path).suffix != ".zip":
+            raise ValueError(
+                f"best_model_path must name a .zip file (SB3's save format), got "
+                f"{os.fspath(best_model_path)!r}: e.g. best_model.zip"
+            )
         if not isinstance(eval_env, VecEnv):
             eval_env = DummyVecEnv([lambda: eval_env])  # type: ignore[list-item, return-value]
         self.eval_env: VecEnv = eval_env
@@ -97,6 +115,9 @@ class LearningCurveCallback(BaseCallback):
             if wanted
         ]
         self.evaluate_at_start = evaluate_at_start
+        self.best_model_path = None if best_model_path is None else Path(best_model_path)
+        self.best_return: float | None = None  # mean return of the best evaluation so far
+        self.best_timesteps: int | None = None  # its timesteps
         self.curve: list[dict[str, float]] = []
         self.eval_seconds = 0.0
         self._start = time.perf_counter()
@@ -192,6 +213,7 @@ class LearningCurveCallback(BaseCallback):
         row["time_s"] = self._elapsed_before + time.perf_counter() - self._start
         self.curve.append(row)
         self._last_eval_step = steps
+        best = self._track_best(row)
         for key, value in row.items():
             if key not in ("timesteps", "time_s"):  # env_steps: on TensorBoard too
                 self.logger.record(f"eval/{key}", value)
@@ -202,8 +224,22 @@ class LearningCurveCallback(BaseCallback):
                 f"{mode} {row[f'return_{mode}_mean']:.2f} ± {row[f'return_{mode}_std']:.2f}"
                 for mode in self.modes
             )
-            print(f"eval at {steps} steps: return {shown}")
+            print(f"eval at {steps} steps: return {shown}" + (" (best so far)" if best else ""))
         return row
+
+    def _track_best(self, row: dict[str, float]) -> bool:
+        """Record the row if it is the best so far (and save the model); whether it is."""
+        score = row[f"return_{self.modes[0]}_mean"]  # deterministic where it is evaluated
+        if self.best_return is not None and not score > self.best_return:
+            return False
+        self.best_return = float(score)
+        self.best_timesteps = int(row["timesteps"])
+        if self.best_model_path is not None:
+            self.best_model_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.best_model_path.with_name(f"{self.best_model_path.stem}.partial.zip")
+            self.model.save(partial)
+            os.replace(partial, self.best_model_path)
+        return True
 
     def _sync_normalization(self) -> None:
         """Give the eval env the training env's observation statistics (if both normalize)."""
@@ -222,6 +258,8 @@ class LearningCurveCallback(BaseCallback):
             "elapsed_s": self._elapsed_before + time.perf_counter() - self._start,
             "env_steps": self.env_steps,
             "last_eval_step": self._last_eval_step,
+            "best_return": self.best_return,
+            "best_timesteps": self.best_timesteps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,6 +269,9 @@ class LearningCurveCallback(BaseCallback):
         self._elapsed_before = float(state["elapsed_s"])
         self.env_steps = state["env_steps"]
         self._last_eval_step = state["last_eval_step"]
+        # Absent from the checkpoints of runs from before best-model keeping.
+        self.best_return = state.get("best_return")
+        self.best_timesteps = state.get("best_timesteps")
         self._resumed = True
 
     # ------------------------------------------------------------------ output

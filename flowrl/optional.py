@@ -27,12 +27,12 @@ def require(module: str, purpose: str = "") -> ModuleType:
         The imported module.
 
     Raises:
-        ImportError: Naming the ``flowrl[extra]`` to install.
+        ImportError: Naming the ``flowrl-policies[extra]`` to install.
     """
     try:
         return importlib.import_module(module)
     except ImportError as err:
         extra = EXTRAS.get(module)
-        hint = f'pip install "flowrl[{extra}]"' if extra else f"pip install {module}"
+        hint = f'pip install "flowrl-policies[{extra}]"' if extra else f"pip install {module}"
         need = f" for {purpose}" if purpose else ""
         raise ImportError(f"{module} is needed{need} but is not installed: {hint}") from err

@@ -6,7 +6,7 @@
 * :mod:`flowrl.kernels.reference`: the explicit-softmax specification and the blockwise
   implementation (the oracle of the tests).
 
-Triton is imported on first use of the Triton backend (``pip install "flowrl[kernels]"``).
+Triton is imported on first use of the Triton backend (``pip install "flowrl-policies[kernels]"``).
 """
 
 from flowrl.kernels.attention import (

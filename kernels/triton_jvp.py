@@ -1,7 +1,7 @@
 """Triton kernels: attention with its tangent in one FlashAttention-2 pass, and its backward.
 
-Imported only on first use (``pip install "flowrl[kernels]"``); :mod:`flowrl.kernels.attention`
-chooses this backend for CUDA tensors. The maths and the masking conventions are those of
+Imported only on first use (the ``kernels`` extra); :mod:`flowrl.kernels.attention` chooses
+this backend for CUDA tensors. The maths and the masking conventions are those of
 :mod:`flowrl.kernels.reference`, which mirrors these kernels loop for loop:
 
 * :func:`attention_forward` launches one program per (query block, batch·head). It streams key

@@ -123,8 +123,9 @@ def test_update_time_quick_writes_json_and_table(tmp_path):
 
 @pytest.mark.mjx
 def test_mjx_bridge_writes_json_and_table(tmp_path):
-    pytest.importorskip("jax", reason='needs the mjx extra: pip install "flowrl[mjx]"')
-    pytest.importorskip("mujoco.mjx", reason='needs the mjx extra: pip install "flowrl[mjx]"')
+    reason = 'needs the mjx extra: pip install "flowrl-policies[mjx]"'
+    pytest.importorskip("jax", reason=reason)
+    pytest.importorskip("mujoco.mjx", reason=reason)
     out = tmp_path / "mjx_bridge.json"
     script = ROOT / "experiments" / "benchmarks" / "mjx_bridge.py"
     # The MJX tests' compile cache: the bridge's (InvertedPendulum, 8 envs) is already in it.

@@ -5,8 +5,10 @@ import csv
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecNormalize
@@ -195,3 +197,80 @@ def test_env_steps_count_the_steps_of_action_chunks():
     plain = LearningCurveCallback(_venv(seed=5), eval_freq=8, n_eval_episodes=1)
     _ppo(_venv(n_envs=2)).learn(16, callback=plain)
     assert all(row["env_steps"] == row["timesteps"] for row in plain.curve)
+
+
+class Snapshots(LearningCurveCallback):
+    """Keeps a copy of the policy's parameters at every evaluation, by timesteps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params = {}
+
+    def evaluate(self):
+        row = super().evaluate()
+        state = self.model.policy.state_dict()
+        self.params[row["timesteps"]] = {k: v.detach().clone() for k, v in state.items()}
+        return row
+
+
+def test_best_model_is_the_model_of_the_best_evaluation(tmp_path):
+    path = tmp_path / "sub" / "best_model.zip"
+    model = _ppo(_venv(n_envs=2))
+    callback = Snapshots(_venv(seed=100), eval_freq=16, n_eval_episodes=2, best_model_path=path)
+    model.learn(96, callback=callback)
+
+    returns = [row["return_deterministic_mean"] for row in callback.curve]
+    best = int(np.argmax(returns))  # the first of equal maxima: ties keep the earlier model
+    assert callback.best_return == returns[best]
+    assert callback.best_timesteps == callback.curve[best]["timesteps"]
+    assert path.is_file() and not (tmp_path / "sub" / "best_model.partial.zip").exists()
+
+    loaded = PPO.load(path, device="cpu")
+    expected = callback.params[callback.best_timesteps]
+    for name, value in loaded.policy.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    # The best evaluation is what the file holds: replaying it scores the best return.
+    assert evaluate_policy(loaded, _venv(seed=100), n_eval_episodes=2)[0] == pytest.approx(
+        callback.best_return, abs=1e-4
+    )
+
+    state = callback.state_dict()
+    assert (state["best_return"], state["best_timesteps"]) == (
+        callback.best_return,
+        callback.best_timesteps,
+    )
+    resumed = LearningCurveCallback(_venv(), eval_freq=16, best_model_path=path)
+    resumed.load_state_dict(state)
+    assert (resumed.best_return, resumed.best_timesteps) == (
+        callback.best_return,
+        callback.best_timesteps,
+    )
+    # Checkpoints from before best-model keeping lack the keys: no best yet.
+    old = {k: v for k, v in state.items() if not k.startswith("best_")}
+    resumed.load_state_dict(old)
+    assert resumed.best_return is None and resumed.best_timesteps is None
+
+
+def test_best_of_the_stochastic_policy_when_only_it_is_evaluated(tmp_path):
+    model = _ppo(_venv())
+    callback = LearningCurveCallback(
+        _venv(seed=7),
+        eval_freq=16,
+        n_eval_episodes=2,
+        deterministic=False,
+        best_model_path=str(tmp_path / "best.zip"),
+    )
+    model.learn(48, callback=callback)
+    returns = [row["return_stochastic_mean"] for row in callback.curve]
+    assert callback.best_return == max(returns)
+    assert callback.best_timesteps == callback.curve[int(np.argmax(returns))]["timesteps"]
+    assert isinstance(PPO.load(tmp_path / "best.zip").policy, type(model.policy))
+    # Without a path the best is still tracked, and nothing is written.
+    plain = LearningCurveCallback(_venv(), eval_freq=16, n_eval_episodes=1)
+    _ppo(_venv()).learn(16, callback=plain)
+    assert plain.best_return == max(r["return_deterministic_mean"] for r in plain.curve)
+
+
+def test_best_model_path_must_be_a_zip(tmp_path):
+    with pytest.raises(ValueError, match=r"best_model_path must name a \.zip"):
+        LearningCurveCallback(_venv(), eval_freq=10, best_model_path=tmp_path / "best")

@@ -173,7 +173,7 @@ def test_require_unknown_module_raises():
         require(name)
     assert name not in sys.modules
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
-    assert "flowrl[" not in str(info.value)
+    assert "flowrl-policies[" not in str(info.value)
 
 
 @pytest.mark.parametrize(("module", "extra"), sorted(EXTRAS.items()))
@@ -188,10 +188,10 @@ def test_require_missing_extra_names_it(monkeypatch, module, extra):
     with pytest.raises(ImportError) as info:
         require(module, purpose="the tests")
     message = str(info.value)
-    assert f'pip install "flowrl[{extra}]"' in message
+    assert f'pip install "flowrl-policies[{extra}]"' in message
     assert message.startswith(f"{module} is needed for the tests")
     assert calls == [module]
-    with pytest.raises(ImportError, match=re.escape(f"flowrl[{extra}]")) as bare:
+    with pytest.raises(ImportError, match=re.escape(f"flowrl-policies[{extra}]")) as bare:
         require(module)
     assert str(bare.value).startswith(f"{module} is needed but is not installed")
     assert isinstance(bare.value.__cause__, ImportError)

@@ -1,4 +1,4 @@
-"""MJX batched environments for PyTorch learners (``pip install "flowrl[mjx]"``).
+"""MJX batched environments for PyTorch learners (``pip install "flowrl-policies[mjx]"``).
 
 - :mod:`.core`: the functional task API (``reset(rng) -> MJXState``, ``step(state, a)``).
 - :mod:`.locomotion`: ports of gymnasium's Hopper, Walker2d, HalfCheetah, Ant and
@@ -6,7 +6,7 @@
 - :mod:`.bridge`: :class:`MJXVecEnv`, N states stepped in one jitted call, with auto-reset,
   the SB3 ``VecEnv`` interface and a torch-native one (``env.torch``) through DLPack.
 - :mod:`.playground`: any MuJoCo Playground task behind the same bridge
-  (``pip install "flowrl[playground]"``).
+  (``pip install "flowrl-policies[playground]"``).
 
 Example::
 

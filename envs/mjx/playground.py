@@ -1,4 +1,4 @@
-"""MuJoCo Playground tasks behind flowrl's MJX bridge (``pip install "flowrl[playground]"``).
+"""MuJoCo Playground tasks behind flowrl's MJX bridge (the ``playground`` extra).
 
 ``PlaygroundTask("CheetahRun")`` adapts a Playground environment to the task API of
 :class:`flowrl.envs.mjx.core.MJXTask` (``reset(rng)``, ``step(state, action)``, sizes and

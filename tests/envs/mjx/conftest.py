@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-pytest.importorskip("jax", reason='needs the mjx extra: pip install "flowrl[mjx]"')
-pytest.importorskip("mujoco.mjx", reason='needs the mjx extra: pip install "flowrl[mjx]"')
+pytest.importorskip("jax", reason='needs the mjx extra: pip install "flowrl-policies[mjx]"')
+pytest.importorskip("mujoco.mjx", reason='needs the mjx extra: pip install "flowrl-policies[mjx]"')
 
 import jax  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("mujoco_playground", reason='needs: pip install "flowrl[playground]"')
+pytest.importorskip("mujoco_playground", reason='needs: pip install "flowrl-policies[playground]"')
 
 from flowrl.envs.mjx import MJXVecEnv, make_task  # noqa: E402
 

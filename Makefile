@@ -20,6 +20,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	# a .venv made before the distribution was renamed holds this package as "flowrl"
+	$(BIN)/python -m pip uninstall -y -q flowrl 2>/dev/null || true
 	$(BIN)/python -m pip install -e ".[dev,kernels,mjx]"
 	touch $(STAMP)
 

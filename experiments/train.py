@@ -846,6 +846,16 @@ def read_results(path: Path) -> dict[str, Any]:
     return results
 
 
+def config_changes(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Keys in which a saved run's config differs from ``config`` in what is trained.
+
+    The saved config gets the :data:`ADDED_OPTIONS` it predates; :data:`RESUME_IGNORED`
+    fields (where a run writes, how it reports) are not compared.
+    """
+    relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
+    return differences(relevant(with_added_options(saved)), relevant(config))
+
+
 def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The results of a finished run of this config in ``out``; None if there is none.
 
@@ -856,9 +866,7 @@ def _finished_run(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     results = read_results(path)
-    relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
-    saved = with_added_options(results.get("config", {}))
-    changed = differences(relevant(saved), relevant(config))
+    changed = config_changes(results.get("config", {}), config)
     if changed:
         raise ValueError(
             f"{path} holds a finished run of another config (differs in: {', '.join(changed)}); "
@@ -988,9 +996,7 @@ def _resume(
     if not ckpt.exists():
         return False
     state = ckpt.load()
-    relevant = lambda c: {k: v for k, v in c.items() if k not in RESUME_IGNORED}  # noqa: E731
-    saved = state["extra"].get("config", {})
-    changed = differences(relevant(with_added_options(saved)), relevant(config))
+    changed = config_changes(state["extra"].get("config", {}), config)
     if changed:
         raise ValueError(
             f"{ckpt.path} is a checkpoint of another config (differs in: {', '.join(changed)}); "

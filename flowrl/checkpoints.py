@@ -46,6 +46,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import TensorBoardOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import get_device
 
 __all__ = [
@@ -276,7 +277,9 @@ def training_state(model: BaseAlgorithm, extra: dict[str, Any] | None = None) ->
         "kind": TRAINING_STATE_KIND,
         "algorithm": type(model).__name__,
         "parameters": _clone(model.get_parameters()),
-        "variables": {name: _clone(_getattr(model, name).detach()) for name in torch_variables},
+        "variables": {
+            name: _clone(recursive_getattr(model, name).detach()) for name in torch_variables
+        },
         "counters": {name: int(getattr(model, name)) for name in COUNTERS if hasattr(model, name)},
         "rng": _rng_state(),
         "extra": _clone(extra or {}),
@@ -302,12 +305,6 @@ def training_state(model: BaseAlgorithm, extra: dict[str, Any] | None = None) ->
         if norm.norm_reward:
             state["vec_normalize"]["ret_rms"] = _rms_state(norm.ret_rms)
     return state
-
-
-def _getattr(obj: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
-        obj = getattr(obj, name)
-    return obj
 
 
 def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
@@ -336,7 +333,7 @@ def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
         ) from None
     for name, value in state["variables"].items():
         with torch.no_grad():
-            _getattr(model, name).copy_(value.to(get_device(model.device)))
+            recursive_getattr(model, name).copy_(value.to(get_device(model.device)))
     for name, value in state["counters"].items():
         setattr(model, name, value)
     saved_buffer = state.get("replay_buffer")

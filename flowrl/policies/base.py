@@ -217,9 +217,7 @@ def _merge(config: dict[str, Any], values: dict[str, Any], source: str) -> None:
         config[key] = value
 
 
-def check_actor_config(
-    pretrained: FlowActor | str | os.PathLike, actor_config: dict[str, Any]
-) -> None:
+def check_actor_config(pretrained: FlowActor, actor_config: dict[str, Any]) -> None:
     """Refuse an ``actor_config`` that contradicts the pretrained actor (it would be ignored).
 
     The velocity net comes from the checkpoint; fields equal to the checkpoint's pass.
@@ -227,13 +225,7 @@ def check_actor_config(
     Raises:
         ValueError: Naming each differing field.
     """
-    if isinstance(pretrained, FlowActor):
-        config = asdict(pretrained.config)
-    else:
-        path = os.fspath(pretrained)
-        if not os.path.isfile(path):
-            return  # _make_actor names the missing file
-        config = asdict(FlowActor.load(path).config)
+    config = asdict(pretrained.config)
     differing = {k: (v, config.get(k)) for k, v in actor_config.items() if config.get(k) != v}
     if differing:
         shown = ", ".join(
@@ -342,8 +334,6 @@ class FlowPolicyBase(BasePolicy):
         actor_config, value_hidden, value_act = sb3_architecture(
             net_arch, activation_fn, actor_config, value_hidden, value_act
         )
-        if pretrained is not None and actor_config:
-            check_actor_config(pretrained, actor_config)
         self.actor = self._make_actor(obs_dim, action_dim, actor_config, pretrained, action_space)
         self._check_method(self.actor)
         # Frozen copy of the starting flow: the anchor of the W2 regularizer.
@@ -401,7 +391,8 @@ class FlowPolicyBase(BasePolicy):
         """A copy of the pretrained actor (checked) or a fresh one for these spaces.
 
         A pretrained actor must match the env's dims and action box and have finite weights
-        (:func:`check_pretrained`).
+        (:func:`check_pretrained`), and ``actor_config`` may not contradict it
+        (:func:`check_actor_config`); the checkpoint is read once.
         """
         if pretrained is not None:
             if isinstance(pretrained, FlowActor):
@@ -414,6 +405,8 @@ class FlowPolicyBase(BasePolicy):
                     "pretrained must be a FlowActor or the path of its checkpoint (FlowActor."
                     f"save), got a {type(pretrained).__name__}"
                 )
+            if actor_config:
+                check_actor_config(actor, actor_config)
             check_pretrained(actor, source, obs_dim, action_dim, action_space)
             # A BC trainer's EMA actor is frozen (requires_grad=False): the copy must train.
             return copy.deepcopy(actor).cpu().requires_grad_(True).train()

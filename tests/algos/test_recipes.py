@@ -1,7 +1,5 @@
 """flowrl.recipes: the Python presets equal their Hydra yaml and build working learners."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +10,11 @@ import flowrl
 from flowrl import recipes
 from flowrl.algos import ReinFlow
 
+import train
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_POLICY = dict(actor_config=dict(width=16, depth=1), noise_hidden=(8,), value_hidden=(8,))
 SMALL_ALGO = dict(n_steps=32, batch_size=16, n_epochs=1, seed=0)
-
-
-def _load_train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_script_recipes", ROOT / "experiments" / "train.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _yaml(name):
@@ -59,7 +49,6 @@ def test_python_preset_equals_its_yaml(name, preset, n_envs):
     [("reinflow_mujoco", recipes.reinflow_mujoco), ("reinflow_paper", recipes.reinflow_paper)],
 )
 def test_hydra_recipe_reaches_the_same_constructor_arguments(name, preset):
-    train = _load_train_script()
     cfg = train.compose_config("algo=reinflow", "env=hopper", f"+recipe={name}")
     kwargs = preset()
     policy = kwargs.pop("policy_kwargs")

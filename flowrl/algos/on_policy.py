@@ -136,13 +136,19 @@ class PolicyTerms:
     """A learner's side of one minibatch of M samples.
 
     Attributes:
-        log_ratio: log π_θ/π_old per sample, (M,), with gradient (float64).
+        log_ratio: log π_θ/π_old with gradient (float64): (M,), one ratio per sample, or
+            (M, N), N ratios per sample (FPO++'s one per (τ, ε) pair, DPPO's one per
+            denoising step), each clipped on its own with its sample's advantage; the
+            surrogate is their mean.
         log_prob: log π_θ per sample, (M,): the quantity whose covariance with the advantage
             entropy control reads, and whose negative mean is logged as an entropy estimate.
         entropy: Entropy bonus per sample, (M,); its mean enters with ``ent_coef``.
         values: V(o) from the same pass, (M,).
         losses: Named extra losses ``{name: (coef, scalar)}``, added to the actor's loss in
             this order and logged as ``train/<name>_loss``.
+        advantage_weights: (N,) factors of the advantage per column of an (M, N)
+            ``log_ratio`` (DPPO's γ_denoise discount across denoising steps), applied after
+            the advantages are normalized; None: 1.
     """
 
     log_ratio: Tensor
@@ -150,6 +156,7 @@ class PolicyTerms:
     entropy: Tensor
     values: Tensor
     losses: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
+    advantage_weights: Tensor | None = None
 
 
 class OnPolicyCore(OnPolicyAlgorithm):
@@ -686,16 +693,12 @@ class OnPolicyCore(OnPolicyAlgorithm):
         if self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         cov = covariance_terms(terms.log_prob, advantages)
-        pg_loss, selected = surrogate_loss(
-            advantages,
+        pg_loss, selected = self._surrogate(
+            self._column_advantages(advantages, log_ratio, terms.advantage_weights),
             ratio,
             log_ratio,
             clip_range,
-            control=self.entropy_control,
-            cov=cov,
-            fraction=self.cov_fraction,
-            clip_cov_bounds=self.clip_cov_bounds,
-            kl_cov_coef=self.kl_cov_coef,
+            cov,
         )
         entropy_loss = -terms.entropy.mean()
         losses = dict(terms.losses)
@@ -721,6 +724,54 @@ class OnPolicyCore(OnPolicyAlgorithm):
             stats[name].append(value.item())
             actor_loss = actor_loss + coef * value
         return actor_loss, terms.values, approx_kl, ratio.detach()
+
+    def _column_advantages(
+        self, advantages: Tensor, log_ratio: Tensor, weights: Tensor | None
+    ) -> Tensor:
+        """The advantages in the shape of the log-ratio: (M,), or (M, N) times the weights."""
+        if log_ratio.ndim == 1:
+            if weights is not None:
+                raise ValueError("advantage_weights need an (M, N) log_ratio")
+            return advantages
+        if log_ratio.ndim != 2 or log_ratio.shape[0] != advantages.shape[0]:
+            raise ValueError(
+                f"log_ratio must be (M,) or (M, N) with M = {advantages.shape[0]}, got "
+                f"{tuple(log_ratio.shape)}"
+            )
+        if self.entropy_control is not None:
+            raise ValueError(
+                f"entropy_control={self.entropy_control!r} selects samples by one log-ratio "
+                f"each; {type(self).__name__} has {log_ratio.shape[1]} per sample"
+            )
+        columns = advantages[:, None].expand_as(log_ratio)
+        if weights is not None:
+            if weights.shape != (log_ratio.shape[1],):
+                raise ValueError(
+                    f"advantage_weights must be ({log_ratio.shape[1]},), got {tuple(weights.shape)}"
+                )
+            columns = columns * weights.to(columns)
+        return columns
+
+    def _surrogate(
+        self, advantages: Tensor, ratio: Tensor, log_ratio: Tensor, clip_range: float, cov: Tensor
+    ) -> tuple[Tensor, float]:
+        """The policy-gradient loss of a minibatch and the share entropy control acted on.
+
+        PPO's clipped surrogate (or its Clip-Cov / KL-Cov form); a learner whose paper
+        changes the surrogate (FPO++'s asymmetric trust region) overrides this alone.
+        ``advantages``, ``ratio`` and ``log_ratio`` share one shape, (M,) or (M, N).
+        """
+        return surrogate_loss(
+            advantages,
+            ratio,
+            log_ratio,
+            clip_range,
+            control=self.entropy_control,
+            cov=cov,
+            fraction=self.cov_fraction,
+            clip_cov_bounds=self.clip_cov_bounds,
+            kl_cov_coef=self.kl_cov_coef,
+        )
 
     def _record(
         self,

@@ -99,3 +99,38 @@ def test_chain_buffer_is_the_field_buffer_with_chains():
     assert isinstance(buffer, FieldRolloutBuffer)
     assert buffer.field_shapes == {"chains": (4, 2)}
     assert buffer.chains.shape == (4, 1, 4, 2)
+
+
+def test_several_ratios_per_sample_are_each_clipped_with_their_weighted_advantage():
+    """(M, N) log-ratios (FPO++'s per pair, DPPO's per denoising step): the surrogate is the
+    mean over all M·N entries of PPO's clipped term, each column's advantage times its weight."""
+    model = ReinFlow("FlowPolicy", "Pendulum-v1", n_steps=8, batch_size=8, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    log_ratio = 0.3 * torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    advantages = torch.randn(5, generator=gen, dtype=torch.float64)
+    weights = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
+    columns = model._column_advantages(advantages, log_ratio, weights)
+    ratio = log_ratio.exp()
+    loss, _ = model._surrogate(columns, ratio, log_ratio, 0.1, torch.zeros(5))
+    expected = 0.0
+    for i in range(5):
+        for j in range(3):
+            a, r = float(advantages[i] * weights[j]), float(ratio[i, j])
+            expected += -min(a * r, a * min(max(r, 0.9), 1.1))
+    assert loss.item() == pytest.approx(expected / 15, rel=1e-12)
+    # one ratio per sample keeps the plain form
+    assert model._column_advantages(advantages, log_ratio[:, 0], None) is advantages
+
+
+def test_several_ratios_per_sample_refuse_what_does_not_apply():
+    model = ReinFlow("FlowPolicy", "Pendulum-v1", n_steps=8, batch_size=8, seed=0)
+    advantages, log_ratio = torch.zeros(4), torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"advantage_weights must be \(2,\)"):
+        model._column_advantages(advantages, log_ratio, torch.ones(3))
+    with pytest.raises(ValueError, match=r"need an \(M, N\) log_ratio"):
+        model._column_advantages(advantages, log_ratio[:, 0], torch.ones(2))
+    with pytest.raises(ValueError, match="M = 4"):
+        model._column_advantages(advantages, torch.zeros(3, 2), None)
+    model.entropy_control = "clip_cov"
+    with pytest.raises(ValueError, match="one log-ratio each"):
+        model._column_advantages(advantages, log_ratio, None)

@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-2d test lint install clean docs
+.PHONY: demo demo-2d test lint install clean docs wheel-check
 
 install: $(STAMP)
 
@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	# a .venv made before the distribution was renamed holds this package as "flowrl"
 	$(BIN)/python -m pip uninstall -y -q flowrl 2>/dev/null || true
-	$(BIN)/python -m pip install -e ".[dev,kernels,mjx]"
+	$(BIN)/python -m pip install -e ".[dev,pipeline,video,kernels,mjx]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python experiments/train.py experiment=main
+	$(BIN)/flowrl-train experiment=main
 
 demo-2d: $(STAMP)
 	$(BIN)/python experiments/demo.py
@@ -49,6 +49,11 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The built wheel in a fresh virtualenv, from an empty folder: flowrl-train experiment=main,
+# then flowrl-enjoy records a video (frames checked) and flowrl-eval evaluates (.ci/run too).
+wheel-check:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/wheel_check.sh
 
 clean:
 	rm -rf $(VENV) outputs

@@ -73,7 +73,7 @@ def _sw(x: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
     return sliced_wasserstein(x, y, generator=torch.Generator().manual_seed(0))
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="demo")
+@hydra.main(version_base="1.3", config_path="pkg://flowrl.configs", config_name="demo")
 def main(cfg: DemoConfig) -> dict:
     """Train both actors, evaluate them, write the PNG, JSON and checkpoints."""
     out = Path(cfg.output_dir)

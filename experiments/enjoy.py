@@ -1,16 +1,19 @@
 """Play a trained model: evaluate it, watch it, or record a video (like RL Zoo's ``enjoy``).
 
-    python experiments/enjoy.py outputs/train/reinflow/hopper/seed0
-    python experiments/enjoy.py outputs/train/reinflow/hopper/seed0 --both --episodes 10
-    python experiments/enjoy.py outputs/train/reinflow/hopper/seed0/best_model.zip --render
-    python experiments/enjoy.py outputs/train/ppo/hopper/seed0 --video hopper.mp4 --episodes 1
-    python experiments/enjoy.py model.zip --algo sac --env Hopper-v5 --json returns.json
+    flowrl-enjoy outputs/train/reinflow/hopper/seed0
+    flowrl-enjoy outputs/train/reinflow/hopper/seed0 --both --episodes 10
+    flowrl-enjoy outputs/train/reinflow/hopper/seed0/best_model.zip --render
+    flowrl-enjoy outputs/train/ppo/hopper/seed0 --video hopper.mp4 --episodes 1
+    flowrl-enjoy model.zip --algo sac --env Hopper-v5 --json returns.json
+    flowrl-eval outputs/main                  # both modes, 10 episodes, no window or video
 
-The path is a run folder of ``experiments/train.py`` or a model ``.zip`` in one: the run's
-``results.json`` says which algorithm saved the model and which env it was trained on (the
-gymnasium id, or an MJX config's ``eval_id``; its kwargs, time limit and ``action_chunk``),
-and its ``vecnormalize.pkl``, when there is one, normalizes the observations as in training
-(loaded with ``training=False, norm_reward=False``: returns are the env's own rewards). A
+(In a clone, ``python experiments/enjoy.py …`` is the same command.) The path is a run folder
+of ``flowrl-train`` or a model ``.zip`` in one: the run's ``results.json`` says which
+algorithm saved the model and which env it was trained on (the gymnasium id, or an MJX
+config's ``eval_id``; its kwargs, time limit and ``action_chunk``), and its
+``vecnormalize.pkl``, when there is one, normalizes the observations as in training (loaded
+with ``training=False, norm_reward=False``: returns are the env's own rewards); the env is
+built as the run's evaluation env was (:func:`flowrl.experiments.train.make_env_stack`). A
 model ``.zip`` on its own is played on ``--env``; its algorithm is read from the archive, or
 given with ``--algo`` (reinflow, policyflow, ppo, sac). ``--algo`` and ``--env`` override a
 run's config too.
@@ -46,7 +49,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -55,13 +58,13 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import flowrl.envs  # noqa: F401  (registers flowrl's envs, e.g. MultiGoal-v0)
 from flowrl.algos import PolicyFlow, ReinFlow
-from flowrl.envs import ActionChunk
+from flowrl.checkpoints import file_kind
+from flowrl.experiments.train import EnvConfig, make_env_stack
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {
     "reinflow": ReinFlow,
@@ -94,18 +97,22 @@ class RunSpec:
     Attributes:
         model_path: The SB3 model ``.zip``.
         algo: Algorithm name (a key of :data:`ALGOS`); None: read it from the archive.
-        env_id: Gymnasium id of the env to play on.
-        env_kwargs: ``gymnasium.make`` keyword arguments (the time limit included).
-        action_chunk: Actions per decision (:class:`flowrl.envs.ActionChunk`), 1: none.
+        env: The env as ``flowrl-train`` configures it (id, kwargs, time limit,
+            ``action_chunk``; an MJX config is played on its ``eval_id``); None: unknown.
         vecnormalize_path: The run's ``vecnormalize.pkl``; None where there is none.
     """
 
     model_path: Path
     algo: str | None
-    env_id: str | None
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    action_chunk: int = 1
+    env: EnvConfig | None
     vecnormalize_path: Path | None = None
+
+    @property
+    def env_id(self) -> str | None:
+        """The gymnasium id the model is played on."""
+        if self.env is None:
+            return None
+        return self.env.eval_id or self.env.id
 
 
 # ---------------------------------------------------------------------- what to play
@@ -144,14 +151,14 @@ def resolve_run(
     check_model_file(model_path)
 
     config = read_config(folder / "results.json") if (folder / "results.json").is_file() else None
-    spec = RunSpec(model_path=model_path, algo=algo, env_id=env)
+    spec = RunSpec(model_path=model_path, algo=algo, env=None)
     if config is not None:
-        env_cfg = config.get("env", {})
         spec.algo = algo or config.get("algo", {}).get("name")
-        if env is None:
-            spec.env_id, spec.env_kwargs = _env_of_config(env_cfg)
-        spec.action_chunk = int(env_cfg.get("action_chunk", 1))
-    if spec.env_id is None:
+        spec.env = env_of_config(config.get("env", {}))
+    if env is not None:  # a gymnasium id of the user's: the run's kwargs do not apply
+        chunk = 1 if spec.env is None else spec.env.action_chunk
+        spec.env = EnvConfig(name=env, id=env, action_chunk=chunk)
+    if spec.env is None:
         raise ValueError(
             f"{model_path} has no run config next to it (results.json), so the env is unknown: "
             "pass --env <gymnasium id>, e.g. --env Hopper-v5"
@@ -161,21 +168,23 @@ def resolve_run(
     return spec
 
 
-def _env_of_config(env_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Gymnasium id and ``make`` kwargs of a run's env config (an MJX one: its ``eval_id``)."""
-    kwargs = dict(env_cfg.get("kwargs") or {})
-    if env_cfg.get("vec_env") == "mjx":
-        if not env_cfg.get("eval_id"):
-            raise ValueError(
-                f"the run's MJX env {env_cfg.get('name')!r} has no eval_id (the gymnasium task "
-                "it reproduces): pass --env <gymnasium id>"
-            )
-        env_id, kwargs = env_cfg["eval_id"], {}  # the MJX task's kwargs do not apply
-    else:
-        env_id = env_cfg.get("eval_id") or env_cfg["id"]
-    if env_cfg.get("max_episode_steps") is not None:
-        kwargs["max_episode_steps"] = int(env_cfg["max_episode_steps"])
-    return env_id, kwargs
+def env_of_config(env_cfg: dict[str, Any]) -> EnvConfig:
+    """The :class:`EnvConfig` of a run's resolved config (its ``results.json``).
+
+    Raises:
+        ValueError: For an MJX env without an ``eval_id`` (the gymnasium task it reproduces,
+            which is what is played), or an env config ``flowrl-train`` would not take.
+    """
+    if env_cfg.get("vec_env") == "mjx" and not env_cfg.get("eval_id"):
+        raise ValueError(
+            f"the run's MJX env {env_cfg.get('name')!r} has no eval_id (the gymnasium task "
+            "it reproduces): pass --env <gymnasium id>"
+        )
+    known = {f.name for f in fields(EnvConfig)}
+    try:
+        return EnvConfig(**{k: v for k, v in env_cfg.items() if k in known})
+    except TypeError as err:
+        raise ValueError(f"the run's env config {env_cfg} is not complete ({err})") from err
 
 
 def _no_model_message(folder: Path) -> str:
@@ -201,30 +210,25 @@ def check_model_file(path: Path) -> None:
         ValueError: If ``path`` is not an SB3 ``.zip`` (a torch checkpoint such as flowrl's
             ``bc.pt``, another zip, or no zip at all).
     """
-    torch_hint = (
-        f"{path} is a torch checkpoint (e.g. a flowrl FlowActor saved by the bc stage, "
-        "bc.pt), not a trained Stable-Baselines3 model: fine-tune it with "
-        f"`python experiments/train.py pretrained={path}` (or policy_kwargs={{'pretrained': "
-        "path}} in Python) and play the run's model.zip"
+    kind = file_kind(path)
+    if kind == "sb3":
+        return
+    if kind == "torch" or (kind == "other" and path.suffix in (".pt", ".pth")):
+        raise ValueError(
+            f"{path} is a torch checkpoint (e.g. a flowrl FlowActor saved by the bc stage, "
+            "bc.pt), not a trained Stable-Baselines3 model: fine-tune it with "
+            f"`flowrl-train pretrained={path}` (or policy_kwargs={{'pretrained': path}} in "
+            "Python) and play the run's model.zip"
+        )
+    if kind == "zip":
+        raise ValueError(
+            f"{path} is a zip archive but not a Stable-Baselines3 model (no 'data' and "
+            "'*.pth' entries): give a run folder or the model.zip that SB3's save wrote"
+        )
+    raise ValueError(
+        f"{path} is not a Stable-Baselines3 model .zip (not a zip archive): give a run "
+        "folder or the model.zip that SB3's save wrote"
     )
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80" or path.suffix in (".pt", ".pth"):  # a pickle: torch's old format
-            raise ValueError(torch_hint)
-        raise ValueError(
-            f"{path} is not a Stable-Baselines3 model .zip (not a zip archive): give a run "
-            "folder or the model.zip that SB3's save wrote"
-        )
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if "data" not in names:
-        if any(name.endswith("data.pkl") for name in names):  # torch.save's zip format
-            raise ValueError(torch_hint)
-        raise ValueError(
-            f"{path} is a zip archive but not a Stable-Baselines3 model (no 'data' entry): "
-            "give a run folder or the model.zip that SB3's save wrote"
-        )
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -404,7 +408,9 @@ def make_env(
     max_steps: int | None = None,
     episodes: list[list[np.ndarray]] | None = None,
 ) -> VecEnv:
-    """One env of the spec in a ``DummyVecEnv`` (``Monitor`` inside, ``VecNormalize`` outside).
+    """One evaluation env of the spec, built as ``flowrl-train`` builds its eval env.
+
+    ``Monitor`` inside, the run's ``VecNormalize`` statistics outside (frozen, rewards raw).
 
     Args:
         spec: The run.
@@ -413,19 +419,10 @@ def make_env(
         max_steps: Time limit in env steps, replacing the run's.
         episodes: Record frames into this list (``render_mode="rgb_array"``).
     """
-    kwargs = dict(spec.env_kwargs)
-    if max_steps is not None:
-        kwargs["max_episode_steps"] = max_steps
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
-    chunk = spec.action_chunk
-
-    def wrap(env: gym.Env) -> gym.Env:
-        if episodes is not None:
-            env = FrameRecorder(env, episodes)
-        return ActionChunk(env, chunk) if chunk > 1 else env  # outside, as in training
-
-    venv = make_vec_env(spec.env_id, n_envs=1, seed=seed, env_kwargs=kwargs, wrapper_class=wrap)  # type: ignore[arg-type]
+    assert spec.env is not None  # resolve_run refuses a spec without one
+    env_cfg = spec.env if max_steps is None else replace(spec.env, max_episode_steps=max_steps)
+    recorder = None if episodes is None else (lambda env: FrameRecorder(env, episodes))
+    venv = make_env_stack(env_cfg, 1, seed, False, render_mode, recorder)
     if spec.vecnormalize_path is not None:
         venv = VecNormalize.load(str(spec.vecnormalize_path), venv)
         venv.training = False
@@ -565,35 +562,45 @@ def enjoy(
     return report
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
+def parse_args(
+    argv: list[str] | None = None, prog: str | None = None, evaluate_only: bool = False
+) -> argparse.Namespace:
+    """The command line (see the module docstring); ``evaluate_only``: ``flowrl-eval``'s."""
     parser = argparse.ArgumentParser(
-        description="Play a trained model of experiments/train.py (or any SB3 model .zip).",
+        prog=prog,
+        description=(
+            "Evaluate a trained model of flowrl-train (or any SB3 model .zip) in both policy modes."
+            if evaluate_only
+            else "Play a trained model of flowrl-train (or any SB3 model .zip): evaluate it, "
+            "watch it or record a video."
+        ),
         epilog="Model .zip and vecnormalize.pkl files are unpickled: play only files you trust.",
     )
     parser.add_argument("path", help="a run folder (holding model.zip) or a model .zip")
-    parser.add_argument("--episodes", type=int, default=5, help="episodes per mode (5)")
+    default_mode = "both" if evaluate_only else "deterministic"
+    default_episodes = 10 if evaluate_only else 5
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=default_episodes,
+        help=f"episodes per mode ({default_episodes})",
+    )
     modes = parser.add_mutually_exclusive_group()
-    modes.add_argument(
-        "--deterministic",
-        dest="mode",
-        action="store_const",
-        const="deterministic",
-        help="play predict(deterministic=True) (the default)",
-    )
-    modes.add_argument(
-        "--stochastic",
-        dest="mode",
-        action="store_const",
-        const="stochastic",
-        help="play predict(deterministic=False)",
-    )
-    modes.add_argument(
-        "--both", dest="mode", action="store_const", const="both", help="play both modes"
-    )
-    shown = parser.add_mutually_exclusive_group()
-    shown.add_argument("--render", action="store_true", help="show the episodes in a window")
-    shown.add_argument("--video", metavar="OUT", help="record the episodes to OUT.mp4 or OUT.gif")
+    for mode, text in (
+        ("deterministic", "play predict(deterministic=True)"),
+        ("stochastic", "play predict(deterministic=False)"),
+        ("both", "play both modes"),
+    ):
+        default = " (the default)" if mode == default_mode else ""
+        modes.add_argument(
+            f"--{mode}", dest="mode", action="store_const", const=mode, help=text + default
+        )
+    if not evaluate_only:
+        shown = parser.add_mutually_exclusive_group()
+        shown.add_argument("--render", action="store_true", help="show the episodes in a window")
+        shown.add_argument(
+            "--video", metavar="OUT", help="record the episodes to OUT.mp4 or OUT.gif"
+        )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (0)")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="time limit per episode in env steps"
@@ -604,13 +611,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env", help="gymnasium id (a model .zip without a run config)")
     parser.add_argument("--json", metavar="OUT", help="also write the returns to OUT.json")
     parser.add_argument("--device", default="auto", help="torch device of the model (auto)")
-    parser.set_defaults(mode="deterministic")
+    parser.set_defaults(mode=default_mode, render=False, video=None)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; a wrong file or argument exits with its message, status 2."""
-    args = parse_args(argv)
+def main(
+    argv: list[str] | None = None, prog: str | None = None, evaluate_only: bool = False
+) -> int:
+    """Command-line entry point; a wrong file or argument exits with its message, status 2.
+
+    Args:
+        argv: The arguments (None: ``sys.argv[1:]``).
+        prog: The command's name in messages (``flowrl-enjoy``, ``flowrl-eval``).
+        evaluate_only: ``flowrl-eval``: no window or video; both modes, 10 episodes.
+    """
+    args = parse_args(argv, prog, evaluate_only)
     try:
         enjoy(
             args.path,
@@ -626,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"enjoy.py: error: {err}", file=sys.stderr)
+        print(f"{prog or 'enjoy.py'}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -339,7 +339,7 @@ def run(cfg: GeneratorsConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="generators")
+@hydra.main(version_base="1.3", config_path="pkg://flowrl.configs", config_name="generators")
 def main(cfg: GeneratorsConfig) -> dict[str, Any]:
     """Hydra entry point: convert the validated config and run the pipeline."""
     return run(OmegaConf.to_object(cfg))  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ QUALITIES = ("random", "medium", "expert")
 class DatasetStageConfig:
     """How the offline dataset is made (``dataset`` stage)."""
 
-    path: str | None = None  # an existing .npz to use as is (skips the stage), e.g. a shipped one
+    # An existing .npz to use as is (skips the stage): a file path, or pkg://<module>/<file>
+    # for one shipped in a package, e.g. pkg://flowrl.experiments/datasets/hopper_medium_v5.npz
+    path: str | None = None
     quality: str = "medium"  # random | medium | expert
     teacher: str = "ppo"  # ppo | sac (SB3 defaults otherwise)
     teacher_timesteps: int = 300_000  # teacher training budget for medium / expert
@@ -80,6 +83,40 @@ class BCStageConfig:
         default_factory=lambda: {"width": 256, "depth": 2, "num_steps": 4}
     )  # FlowActorConfig fields
     train: BCConfig = field(default_factory=lambda: BCConfig(steps=5000, batch_size=256))
+
+
+PACKAGE_SCHEME = "pkg://"
+
+
+def data_file(path: str | os.PathLike[str]) -> Path:
+    """The file a ``dataset.path`` names: a path, or ``pkg://<module>/<file>`` in a package.
+
+    ``pkg://`` (Hydra's spelling for configs in a package) finds data shipped with an
+    installed package from any working folder, e.g.
+    ``pkg://flowrl.experiments/datasets/hopper_medium_v5.npz``.
+
+    Raises:
+        FileNotFoundError: If the file does not exist (naming the package's folder).
+        ValueError: For a ``pkg://`` path without a file part or of a module that does not
+            import.
+    """
+    text = str(path)
+    if not text.startswith(PACKAGE_SCHEME):
+        file = Path(text)
+        if not file.exists():
+            raise FileNotFoundError(f"dataset.path {file} does not exist")
+        return file
+    module, _, relative = text[len(PACKAGE_SCHEME) :].partition("/")
+    if not module or not relative:
+        raise ValueError(f"dataset.path {text}: write pkg://<package>/<file in it>")
+    try:
+        root = Path(str(files(module)))
+    except ModuleNotFoundError as err:
+        raise ValueError(f"dataset.path {text}: no package {module!r} ({err})") from err
+    file = root / relative
+    if not file.is_file():
+        raise FileNotFoundError(f"dataset.path {text} does not exist (no {file})")
+    return file
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -256,10 +293,7 @@ def make_dataset(
         The dataset file.
     """
     if cfg.path is not None:
-        path = Path(cfg.path)
-        if not path.exists():
-            raise FileNotFoundError(f"dataset.path {path} does not exist")
-        return path
+        return data_file(cfg.path)
     _check_quality(cfg.quality)
     env_kwargs = dict(env_kwargs or {})
     _claim_stage(out, {"env": env_id, "env_kwargs": env_kwargs, **asdict(cfg)})
@@ -305,7 +339,7 @@ def _make_dataset(
 
 def behaviour_clone(
     cfg: BCStageConfig,
-    dataset_path: Path,
+    dataset: str | os.PathLike[str],
     env_id: str,
     out: Path,
     progress_bar: bool = True,
@@ -319,9 +353,11 @@ def behaviour_clone(
     ``checkpoint_interval`` steps and on Ctrl-C/SIGTERM: a rerun resumes from it and ends
     with the same weights as an uninterrupted run. With
     ``action_chunk`` Ta > 1 the actor learns chunks of Ta actions (:func:`chunk_actions`), for
-    an env wrapped in :class:`~flowrl.envs.ActionChunk`.
+    an env wrapped in :class:`~flowrl.envs.ActionChunk`. ``dataset`` is a path or a
+    ``pkg://`` one (:func:`data_file`), recorded as given: a shipped dataset names the same
+    stage from any working folder and any install.
     """
-    settings = {"env": env_id, "dataset": str(dataset_path), **asdict(cfg)}
+    settings = {"env": env_id, "dataset": str(dataset), **asdict(cfg)}
     if action_chunk > 1:  # only then, so folders made before chunking existed stay valid
         settings["action_chunk"] = action_chunk
     _claim_stage(out, settings)
@@ -329,7 +365,7 @@ def behaviour_clone(
         return out / "bc.pt"
     with folder_lock(out, wait=True):
         return _behaviour_clone(
-            cfg, dataset_path, env_id, out, progress_bar, action_chunk, checkpoint_interval
+            cfg, data_file(dataset), env_id, out, progress_bar, action_chunk, checkpoint_interval
         )
 
 

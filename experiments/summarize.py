@@ -35,10 +35,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from flowrl.experiments.pretrain import differences
+from flowrl.experiments.train import read_results, with_added_options
 from flowrl.metrics import iqm, iqm_bootstrap_ci
-
-from pretrain import differences
-from train import read_results, with_added_options
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

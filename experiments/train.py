@@ -45,11 +45,14 @@ import json
 import os
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from difflib import get_close_matches
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import hydra
 import matplotlib
 import numpy as np
@@ -65,9 +68,7 @@ from flowrl.algos.on_policy import check_on_policy_args
 from flowrl.callbacks import LearningCurveCallback
 from flowrl.checkpoints import TrainingCheckpoint, sigterm_as_interrupt
 from flowrl.envs import ActionChunk
-from flowrl.optim import SCHEDULE_KINDS, make_schedule
-
-from pretrain import (
+from flowrl.experiments.pretrain import (
     BCStageConfig,
     DatasetStageConfig,
     behaviour_clone,
@@ -76,11 +77,14 @@ from pretrain import (
     folder_lock,
     make_dataset,
 )
+from flowrl.optim import SCHEDULE_KINDS, make_schedule
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The configs: the package flowrl.configs (configs/ of a clone, or the installed copy).
+CONFIG_MODULE = "flowrl.configs"
+CONFIG_DIR = Path(str(files(CONFIG_MODULE)))
 EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the training envs
 # Fields that change neither what is trained nor how: a finished run with other values of
 # these is still the same run.
@@ -501,7 +505,7 @@ def compose_config(*overrides: str) -> TrainConfig:
     if GlobalHydra.instance().is_initialized():
         cfg = hydra.compose(config_name="train", overrides=list(overrides))
     else:
-        with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with hydra.initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra.compose(config_name="train", overrides=list(overrides))
     return as_train_config(cfg)
 
@@ -654,6 +658,72 @@ def make_kwargs(env_cfg: EnvConfig) -> dict[str, Any]:
     return kwargs
 
 
+def make_env_stack(
+    env_cfg: EnvConfig,
+    n_envs: int = 1,
+    seed: int = 0,
+    training: bool = True,
+    render_mode: str | None = None,
+    inner_wrapper: Callable[[gym.Env], gym.Env] | None = None,
+) -> VecEnv:
+    """Vectorized envs of the config, each in a ``Monitor``, without ``VecNormalize``.
+
+    Args:
+        env_cfg: The env config.
+        n_envs: Number of envs (seeds ``seed``, ``seed + 1``, …).
+        seed: Seed of the first env.
+        training: False for an evaluation env: an MJX config is then played on its classic
+            gymnasium task (``eval_id``), and any config on its ``eval_id`` when it has one.
+        render_mode: ``gymnasium.make``'s render mode (``flowrl-enjoy``).
+        inner_wrapper: Wraps each env inside the action chunking (``flowrl-enjoy``'s frame
+            recorder).
+
+    Returns:
+        The VecEnv.
+    """
+    classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+    if env_cfg.vec_env not in (*classes, "mjx"):
+        raise ValueError(
+            f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted((*classes, 'mjx'))}"
+        )
+    if env_cfg.vec_env == "mjx" and training:
+        from flowrl.envs.mjx import MJXVecEnv, enable_compile_cache  # needs the mjx extra
+
+        enable_compile_cache()  # MJX compiles for tens of seconds; the next run loads it
+        return MJXVecEnv(
+            env_cfg.id,
+            n_envs,
+            seed=seed,
+            max_episode_steps=env_cfg.max_episode_steps,
+            task_kwargs=dict(env_cfg.kwargs),
+        )
+    # An MJX config is evaluated on the classic gymnasium task its port reproduces.
+    mjx_eval = env_cfg.vec_env == "mjx"
+    if mjx_eval and env_cfg.eval_id is None:
+        raise ValueError(f"env {env_cfg.name!r} (vec_env=mjx) needs an eval_id")
+    kwargs = make_kwargs(env_cfg)
+    if mjx_eval:  # the MJX task's own kwargs do not apply; its time limit does
+        kwargs = {k: v for k, v in kwargs.items() if k == "max_episode_steps"}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    chunk = env_cfg.action_chunk
+
+    def wrap(env: gym.Env) -> gym.Env:
+        if inner_wrapper is not None:
+            env = inner_wrapper(env)
+        # outside the Monitor, which so records episodes in env steps
+        return ActionChunk(env, chunk) if chunk > 1 else env
+
+    return make_vec_env(
+        env_cfg.id if training else (env_cfg.eval_id or env_cfg.id),
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=kwargs,
+        vec_env_cls=DummyVecEnv if mjx_eval else classes[env_cfg.vec_env],
+        wrapper_class=wrap if chunk > 1 or inner_wrapper is not None else None,
+    )
+
+
 def make_vec_env_from_config(
     env_cfg: EnvConfig,
     n_envs: int = 1,
@@ -662,7 +732,7 @@ def make_vec_env_from_config(
     norm_reward: bool | None = None,
     training: bool = True,
 ) -> VecEnv:
-    """Vectorized envs of the config, each wrapped in ``Monitor``.
+    """Vectorized envs of the config (:func:`make_env_stack`), normalized as it says.
 
     Args:
         env_cfg: The env config.
@@ -678,41 +748,7 @@ def make_vec_env_from_config(
     Returns:
         The VecEnv.
     """
-    classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-    if env_cfg.vec_env not in (*classes, "mjx"):
-        raise ValueError(
-            f"env.vec_env={env_cfg.vec_env!r}; choose one of {sorted((*classes, 'mjx'))}"
-        )
-    venv: VecEnv
-    if env_cfg.vec_env == "mjx" and training:
-        from flowrl.envs.mjx import MJXVecEnv, enable_compile_cache  # needs the mjx extra
-
-        enable_compile_cache()  # MJX compiles for tens of seconds; the next run loads it
-        venv = MJXVecEnv(
-            env_cfg.id,
-            n_envs,
-            seed=seed,
-            max_episode_steps=env_cfg.max_episode_steps,
-            task_kwargs=dict(env_cfg.kwargs),
-        )
-    else:
-        # An MJX config is evaluated on the classic gymnasium task its port reproduces.
-        mjx_eval = env_cfg.vec_env == "mjx"
-        if mjx_eval and env_cfg.eval_id is None:
-            raise ValueError(f"env {env_cfg.name!r} (vec_env=mjx) needs an eval_id")
-        kwargs = make_kwargs(env_cfg)
-        if mjx_eval:  # the MJX task's own kwargs do not apply; its time limit does
-            kwargs = {k: v for k, v in kwargs.items() if k == "max_episode_steps"}
-        chunk = env_cfg.action_chunk
-        venv = make_vec_env(
-            env_cfg.id if training else (env_cfg.eval_id or env_cfg.id),
-            n_envs=n_envs,
-            seed=seed,
-            env_kwargs=kwargs,
-            vec_env_cls=DummyVecEnv if mjx_eval else classes[env_cfg.vec_env],
-            # outside the Monitor, which so records episodes in env steps
-            wrapper_class=(lambda env: ActionChunk(env, chunk)) if chunk > 1 else None,
-        )
+    venv = make_env_stack(env_cfg, n_envs, seed, training)
     norm_reward = env_cfg.norm_reward if norm_reward is None else norm_reward
     if norm_reward or env_cfg.norm_obs:
         venv = VecNormalize(
@@ -1046,7 +1082,7 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
         return cfg.pretrained
     path = behaviour_clone(
         cfg.bc,
-        dataset_path,
+        cfg.dataset.path or dataset_path,
         cfg.env.id,
         root / "bc",
         cfg.progress_bar,
@@ -1089,7 +1125,7 @@ def _summary(cfg: TrainConfig, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point: validate the config and train."""
     return train(cfg)

@@ -54,6 +54,7 @@ __all__ = [
     "TRAINING_STATE_KIND",
     "TrainingCheckpoint",
     "atomic_save",
+    "file_kind",
     "load_checkpoint_file",
     "restore_training_state",
     "sigterm_as_interrupt",
@@ -64,6 +65,33 @@ TRAINING_STATE_KIND = "flowrl.training_state"
 # Counters of SB3 algorithms (and of flowrl's on-policy core) that a resume must restore.
 COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_updates_done")
 REPLAY_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What a file is, from its first bytes and zip listing (nothing is unpickled).
+
+    Returns:
+        ``"sb3"`` for a Stable-Baselines3 ``save`` archive (a zip with ``data`` and
+        ``*.pth`` entries), ``"torch"`` for a ``torch.save`` file (its zip format, with a
+        ``data.pkl`` entry, or the legacy pickle), ``"zip"`` for another zip archive,
+        ``"missing"`` where there is no file, ``"other"`` for anything else.
+    """
+    if not os.path.isfile(path):
+        return "missing"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "other"
+        if "data" in names and any(name.endswith(".pth") for name in names):
+            return "sb3"
+        if any(name.endswith("data.pkl") for name in names):
+            return "torch"
+        return "zip"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return "torch" if head[:1] == b"\x80" else "other"  # a pickle: torch's legacy format
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -101,8 +101,18 @@ def _pyproject() -> dict:
         return tomllib.load(f)
 
 
+PACKAGE_DIRS = {
+    "flowrl": "flowrl",
+    "flowrl.envs": "envs",
+    "flowrl.kernels": "kernels",
+    "flowrl.experiments": "experiments",
+    "flowrl.configs": "configs",
+}
+
+
 def _packages_on_disk() -> set[str]:
-    roots = {"flowrl": "flowrl", "envs": "flowrl.envs", "kernels": "flowrl.kernels"}
+    # Every folder of [tool.setuptools.package-dir]: envs/ -> flowrl.envs, …
+    roots = {folder: package for package, folder in PACKAGE_DIRS.items()}
     found = set()
     for folder, package in roots.items():
         for init in (ROOT / folder).rglob("__init__.py"):
@@ -123,11 +133,7 @@ def test_every_package_is_listed_in_pyproject():
     assert missing == [], f"add {missing} to [tool.setuptools] packages in pyproject.toml"
     stale = sorted(set(listed) - on_disk)
     assert stale == [], f"{stale} are listed in pyproject.toml but have no __init__.py"
-    assert setuptools["package-dir"] == {
-        "flowrl": "flowrl",
-        "flowrl.envs": "envs",
-        "flowrl.kernels": "kernels",
-    }
+    assert setuptools["package-dir"] == PACKAGE_DIRS
 
 
 def test_package_scan_maps_top_level_folders(tmp_path, monkeypatch):
@@ -204,3 +210,106 @@ def test_version_is_a_nonempty_string():
     assert re.match(r"^\d+\.\d+", version)
     assert version == importlib.metadata.version("flowrl-policies")
     assert flowrl.DISTRIBUTION == "flowrl-policies"
+
+
+# ---------------------------------------------------------------------- the installed pipeline
+
+COMMANDS = {
+    "flowrl-train": "flowrl.cli:train",
+    "flowrl-enjoy": "flowrl.cli:enjoy",
+    "flowrl-eval": "flowrl.cli:evaluate",
+    "flowrl-summarize": "flowrl.cli:summarize",
+    "flowrl-generators": "flowrl.cli:generators",
+}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel pip builds from this checkout (in this venv's setuptools, offline)."""
+    out = tmp_path_factory.mktemp("wheel")
+    build = tmp_path_factory.mktemp("src")
+    # a copy of the tracked tree, so that the build leaves nothing in the checkout
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = ROOT / name.decode()
+        if source.is_file():
+            target = build / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(out), str(build)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = out.glob("flowrl_policies-*.whl")
+    return path
+
+
+def test_the_wheel_ships_the_pipeline(wheel):
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(info).decode()
+        entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+    # every config of the repository, at its place under flowrl/configs/
+    configs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+    assert configs and {f"flowrl/{name}" for name in configs} <= names
+    for module in ("train", "pretrain", "enjoy", "summarize", "generators", "demo"):
+        assert f"flowrl/experiments/{module}.py" in names, module
+    assert "flowrl/experiments/datasets/hopper_medium_v5.npz" in names
+    assert "flowrl/configs/__init__.py" in names
+    assert not [n for n in names if n.startswith("flowrl/experiments/benchmarks")]
+    assert not [n for n in names if n.split("/")[0] in ("experiments", "configs", "envs")]
+    for command, target in COMMANDS.items():
+        assert re.search(rf"^{command} = {re.escape(target)}$", entry_points, re.M), command
+    # hydra-core only with the pipeline extra
+    hydra = [line for line in metadata.splitlines() if "hydra-core" in line]
+    assert hydra and all('extra == "pipeline"' in line for line in hydra), hydra
+
+
+def test_commands_are_declared_and_importable():
+    assert _pyproject()["project"]["scripts"] == COMMANDS
+    import flowrl.cli
+
+    for target in COMMANDS.values():
+        assert callable(getattr(flowrl.cli, target.split(":")[1]))
+
+
+def test_commands_without_the_pipeline_extra_say_what_to_install(monkeypatch, capsys):
+    import flowrl.cli
+
+    real = flowrl.cli.find_spec
+    monkeypatch.setattr(
+        flowrl.cli, "find_spec", lambda name: None if name == "hydra" else real(name)
+    )
+    monkeypatch.setattr(sys, "argv", ["flowrl-train", "experiment=main"])
+    assert flowrl.cli.train() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowrl-train: error:")
+    assert 'pip install "flowrl-policies[pipeline]"' in err
+
+
+def test_the_library_does_not_import_hydra():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import flowrl.algos, flowrl.cli, sys; print('hydra' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"

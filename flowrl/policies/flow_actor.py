@@ -12,7 +12,6 @@ checkpoint carries everything needed to act:
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -377,9 +376,9 @@ class FlowActor(nn.Module):
                 objects, which are never unpickled) or not a flowrl checkpoint of this class;
                 the message names the file.
         """
-        from flowrl.checkpoints import load_checkpoint_file  # (flowrl.checkpoints needs SB3)
+        from flowrl.checkpoints import file_kind, load_checkpoint_file  # (they need SB3)
 
-        if _is_sb3_zip(path):
+        if file_kind(path) == "sb3":
             raise ValueError(
                 f"{os.fspath(path)!r} is a Stable-Baselines3 model .zip (a whole trained model), "
                 f"not a {cls.__name__} checkpoint: load it with its learner (e.g. "
@@ -393,14 +392,3 @@ class FlowActor(nn.Module):
             # Missing or misshapen tensors surface as KeyError/RuntimeError from torch.
             raise ValueError(f"checkpoint {os.fspath(path)!r}: {err}") from err
 
-
-def _is_sb3_zip(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an SB3 ``save`` archive (a zip holding ``data`` and ``*.pth``)."""
-    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-    return "data" in names and any(name.endswith(".pth") for name in names)

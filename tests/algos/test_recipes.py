@@ -9,8 +9,7 @@ from omegaconf import OmegaConf
 import flowrl
 from flowrl import recipes
 from flowrl.algos import ReinFlow
-
-import train
+from flowrl.experiments import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_POLICY = dict(actor_config=dict(width=16, depth=1), noise_hidden=(8,), value_hidden=(8,))

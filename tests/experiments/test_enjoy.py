@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-import train as TRAIN
+from flowrl.experiments import train as TRAIN
 
-ENJOY = importlib.import_module("enjoy")
+ENJOY = importlib.import_module("flowrl.experiments.enjoy")
 ROOT = Path(__file__).resolve().parents[2]
 
 # TINY_REINFLOW of test_train_configs.py on a MuJoCo task that renders without pygame, with
@@ -44,8 +44,8 @@ TINY = [
 # A 16x16 InvertedPendulum frame, made in a fresh process with the backend enjoy.py picks.
 RENDER_PROBE = """
 import sys
-sys.path.insert(0, "experiments")
-import enjoy, gymnasium as gym
+import gymnasium as gym
+from flowrl.experiments import enjoy
 enjoy.configure_offscreen_gl()
 env = gym.make(sys.argv[1], render_mode="rgb_array", width=16, height=16)
 env.reset(seed=0)
@@ -134,13 +134,20 @@ def test_run_folder_plays_both_modes_into_a_gif(run, tmp_path, headless):
     assert again["deterministic"] == report["deterministic"] and "stochastic" not in again
 
 
-def test_the_script_records_a_model_zip_of_a_run(run, tmp_path):
+def command(name):
+    """A console command of this environment (installed with the package)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed next to {sys.executable}"
+    return str(path)
+
+
+def test_the_command_records_a_model_zip_of_a_run_from_any_folder(run, tmp_path):
     require_offscreen_mujoco()
     gif, report_path = tmp_path / "script.gif", tmp_path / "script.json"
     args = ["--episodes", "1", "--max-steps", "6", "--video", str(gif), "--json", str(report_path)]
     done = subprocess.run(
-        [sys.executable, "experiments/enjoy.py", str(run / "model.zip"), *args],
-        cwd=ROOT,
+        [command("flowrl-enjoy"), str(run / "model.zip"), *args],
+        cwd=tmp_path,
         env=headless_env(),
         capture_output=True,
         text=True,
@@ -152,6 +159,30 @@ def test_the_script_records_a_model_zip_of_a_run(run, tmp_path):
     report = json.loads(report_path.read_text())
     check_video(gif, report["deterministic"]["lengths"][0] + 1)
     assert report["video"]["mujoco_gl"] in ("egl", "osmesa")
+
+
+def test_flowrl_eval_plays_both_modes_and_has_no_window_or_video(run, tmp_path):
+    report_path = tmp_path / "eval.json"
+    done = subprocess.run(
+        [command("flowrl-eval"), str(run), "--episodes", "2", "--max-steps", "5"]
+        + ["--json", str(report_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["episodes"] == 2 and {"deterministic", "stochastic"} <= set(report)
+    assert "video" not in report
+    for flag in ("--video", "--render"):
+        with pytest.raises(SystemExit) as stop:
+            ENJOY.main(
+                [str(run), flag, "x.mp4"][: 3 if flag == "--video" else 2], "flowrl-eval", True
+            )
+        assert stop.value.code == 2
+    bc = ENJOY.main([str(tmp_path / "missing")], "flowrl-eval", True)
+    assert bc == 2
 
 
 def test_a_bare_model_zip_needs_the_env_and_the_archive_names_the_algorithm(run, tmp_path):
@@ -174,6 +205,7 @@ def test_an_archive_of_no_known_algorithm_asks_for_algo(tmp_path):
     with zipfile.ZipFile(mystery, "w") as archive:
         policy = {"__module__": "elsewhere", "__init__": "<function Mystery.__init__ at 0x0>"}
         archive.writestr("data", json.dumps({"policy_class": policy}))
+        archive.writestr("policy.pth", b"")  # an SB3 archive: data and *.pth entries
     assert ENJOY.algo_from_archive(mystery) is None
     with pytest.raises(ValueError, match="cannot tell which algorithm saved .*pass --algo"):
         ENJOY.enjoy(mystery, episodes=1, env="InvertedPendulum-v5")
@@ -205,7 +237,7 @@ def test_files_that_are_not_models_say_what_they_are(tmp_path):
     other = tmp_path / "other.zip"
     with zipfile.ZipFile(other, "w") as archive:
         archive.writestr("readme.txt", "hello")
-    with pytest.raises(ValueError, match="no 'data' entry"):
+    with pytest.raises(ValueError, match="no 'data' and '\\*.pth' entries"):
         ENJOY.enjoy(other)
 
 

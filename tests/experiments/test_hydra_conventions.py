@@ -13,9 +13,8 @@ import yaml
 
 from flowrl.algos import ReinFlow
 from flowrl.data import Normalizer
+from flowrl.experiments import train as TRAIN
 from flowrl.policies import FlowActor, FlowActorConfig
-
-import train as TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "train.py"

@@ -9,10 +9,9 @@ import pytest
 
 from flowrl.algos import ReinFlow
 from flowrl.data import OfflineDataset, collect_dataset, random_policy
+from flowrl.experiments import pretrain
+from flowrl.experiments import train as TRAIN
 from flowrl.policies import FlowActor
-
-import pretrain
-import train as TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,3 +178,20 @@ def test_pipeline_with_action_chunks(tmp_path):
         )
     with pytest.raises(ValueError, match="env.action_chunk must be >= 1"):
         TRAIN.train(config(*TINY, "env.action_chunk=0", f"output_dir={tmp_path}/bad"))
+
+
+def test_dataset_paths_in_a_package_are_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing of the repository under the working folder
+    shipped = pretrain.data_file("pkg://flowrl.experiments/datasets/hopper_medium_v5.npz")
+    assert shipped.is_file() and shipped.name == "hopper_medium_v5.npz"
+    cfg = TRAIN.compose_config("experiment=main")
+    assert cfg.dataset.path == "pkg://flowrl.experiments/datasets/hopper_medium_v5.npz"
+    assert pretrain.make_dataset(cfg.dataset, "Hopper-v5", tmp_path / "unused") == shipped
+    with pytest.raises(FileNotFoundError, match="pkg://flowrl.experiments/nope.npz does not"):
+        pretrain.data_file("pkg://flowrl.experiments/nope.npz")
+    with pytest.raises(ValueError, match="no package 'flowrl_nothing'"):
+        pretrain.data_file("pkg://flowrl_nothing/x.npz")
+    with pytest.raises(ValueError, match="write pkg://<package>/<file in it>"):
+        pretrain.data_file("pkg://flowrl.experiments")
+    with pytest.raises(FileNotFoundError, match="dataset.path relative.npz does not exist"):
+        pretrain.data_file("relative.npz")

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
+from flowrl.experiments import summarize
 from flowrl.metrics import iqm, iqm_bootstrap_ci
-
-import summarize
 
 
 def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mid=None, speed=None):

@@ -24,15 +24,8 @@ from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPo
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = load_script()
+TRAIN = importlib.import_module("flowrl.experiments.train")
+data_file = importlib.import_module("flowrl.experiments.pretrain").data_file
 
 ALGOS = {
     "reinflow": (ReinFlow, FlowPolicy),
@@ -226,7 +219,7 @@ def test_experiment_bundles_compose():
     cfg = TRAIN.as_train_config(config("experiment=main"))
     assert (cfg.env.id, cfg.n_envs, cfg.algo.critic_warmup_updates) == ("Hopper-v5", 4, 5)
     assert cfg.stages == ["bc", "finetune"] and cfg.output_dir == "outputs/main"
-    assert Path(ROOT / cfg.dataset.path).is_file()  # the shipped dataset
+    assert data_file(cfg.dataset.path).is_file()  # the shipped dataset, found in the package
 
     # The recipe the README measures (configs/recipe/reinflow_mujoco.yaml): a width-128 BC
     # actor, narrower noise bounds than FlowPolicy's, small steps, a long horizon; both bundles
@@ -254,7 +247,7 @@ def test_experiment_bundles_compose():
     # The README's Hopper 1M table: the recipe with gamma 0.995, on the shipped dataset.
     cfg = TRAIN.as_train_config(config("experiment=hopper_medium_1m", "seed=3"))
     assert (cfg.env.id, cfg.stages, cfg.total_timesteps) == ("Hopper-v5", ["bc", "finetune"], 10**6)
-    assert Path(ROOT / cfg.dataset.path).is_file() and cfg.eval.freq == 50_000
+    assert data_file(cfg.dataset.path).is_file() and cfg.eval.freq == 50_000
     assert recipe(cfg) == (128, 4, 512, 0.05, 0.12, 1e-4, 0.01, 0.995, 0.99)
     assert cfg.output_dir == "outputs/hopper_medium_1m/reinflow/seed3"
     # PolicyFlow's row of that table: the same BC actor (pretrain_dir) and PPO settings.
@@ -358,7 +351,7 @@ def test_tiny_policyflow_run_and_its_summary(tmp_path):
         results = TRAIN.train(config("algo=policyflow", *tiny, f"seed={seed}", f"output_dir={out}"))
         assert results["config"]["algo"]["name"] == "policyflow"
         assert PolicyFlow.load(out / "model.zip").policy.num_steps == 2
-    summarize = importlib.import_module("summarize")
+    summarize = importlib.import_module("flowrl.experiments.summarize")
     rows = summarize.summarize(summarize.load_runs([tmp_path / "seed0", tmp_path / "seed1"]))
     assert {row["group"] for row in rows} == {"policyflow (scratch) on Pendulum-v1"}
     assert [row["seeds"] for row in rows] == [[0, 1], [0, 1]]

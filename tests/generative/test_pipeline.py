@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_pipeline():
-    spec = importlib.util.spec_from_file_location(
-        "generators_pipeline", ROOT / "experiments" / "generators.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-PIPELINE = load_pipeline()
+PIPELINE = importlib.import_module("flowrl.experiments.generators")
 
 
 def config(*overrides):

@@ -22,9 +22,8 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.data.datasets import OfflineDataset
-
-import pretrain
-import train as TRAIN
+from flowrl.experiments import pretrain
+from flowrl.experiments import train as TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,11 +32,7 @@ SCRIPT = ROOT / "experiments" / "generators.py"
 
 
 def load_pipeline():
-    spec = importlib.util.spec_from_file_location("generators_reliability", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("flowrl.experiments.generators")
 
 
 PIPELINE = load_pipeline()

@@ -27,9 +27,8 @@ from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.callbacks import LearningCurveCallback
 from flowrl.checkpoints import TrainingCheckpoint
 from flowrl.data.datasets import OfflineDataset
+from flowrl.experiments import train as TRAIN
 from flowrl.policies import FlowActor
-
-import train as TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "train.py"

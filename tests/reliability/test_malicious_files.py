@@ -19,10 +19,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from flowrl.algos.bc import FlowBC
 from flowrl.checkpoints import TrainingCheckpoint, load_checkpoint_file
 from flowrl.data.datasets import OfflineDataset
+from flowrl.experiments import pretrain
+from flowrl.experiments import train as TRAIN
 from flowrl.policies import FlowActor
-
-import pretrain
-import train as TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 

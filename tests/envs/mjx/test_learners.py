@@ -11,8 +11,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from flowrl.algos import ReinFlow
 from flowrl.algos.reinflow import torch_face
 from flowrl.envs.mjx import MJXVecEnv, make_task
-
-import train  # experiments/train.py (pytest's pythonpath)
+from flowrl.experiments import train
 
 E = 8  # the same batch as test_bridge: its compiled functions come from the cache
 

@@ -50,6 +50,7 @@ from flowrl.data import (
     save_minari,
 )
 from flowrl.envs import ActionChunk
+from flowrl.policies import DiffusionActor, FlowActor
 
 QUALITIES = ("random", "medium", "expert")
 
@@ -79,6 +80,9 @@ class DatasetStageConfig:
 class BCStageConfig:
     """Behaviour cloning of the flow actor (``bc`` stage)."""
 
+    # "flow": a FlowActor by flow matching (every learner takes it; DPPO reads it as a noise
+    # predictor); "diffusion": a DiffusionActor by the DDPM noise-prediction loss (DPPO only)
+    kind: str = "flow"
     actor: dict[str, Any] = field(
         default_factory=lambda: {"width": 256, "depth": 2, "num_steps": 4}
     )  # FlowActorConfig fields
@@ -86,6 +90,8 @@ class BCStageConfig:
 
 
 PACKAGE_SCHEME = "pkg://"
+# What the bc stage trains (bc.kind).
+BC_KINDS: dict[str, type[FlowActor]] = {"flow": FlowActor, "diffusion": DiffusionActor}
 
 
 def data_file(path: str | os.PathLike[str]) -> Path:
@@ -357,7 +363,11 @@ def behaviour_clone(
     ``pkg://`` one (:func:`data_file`), recorded as given: a shipped dataset names the same
     stage from any working folder and any install.
     """
+    if cfg.kind not in BC_KINDS:
+        raise ValueError(f"bc.kind must be one of {sorted(BC_KINDS)}, got {cfg.kind!r}")
     settings = {"env": env_id, "dataset": str(dataset), **asdict(cfg)}
+    if cfg.kind == "flow":  # only otherwise, so folders made before bc.kind existed stay valid
+        settings.pop("kind")
     if action_chunk > 1:  # only then, so folders made before chunking existed stay valid
         settings["action_chunk"] = action_chunk
     _claim_stage(out, settings)
@@ -393,7 +403,13 @@ def _behaviour_clone(
         bc = FlowBC.load_checkpoint(ckpt, data)
         print(f"bc: resuming {ckpt} at step {bc.step}")
     else:
-        bc = FlowBC.from_dataset(data, env=env, actor_config=dict(cfg.actor), config=cfg.train)
+        bc = FlowBC.from_dataset(
+            data,
+            env=env,
+            actor_config=dict(cfg.actor),
+            config=cfg.train,
+            actor_class=BC_KINDS[cfg.kind],
+        )
     bc.learn(
         tensorboard_log=out / "tb",
         checkpoint_path=ckpt,

@@ -69,6 +69,7 @@ from flowrl.callbacks import LearningCurveCallback
 from flowrl.checkpoints import TrainingCheckpoint, sigterm_as_interrupt
 from flowrl.envs import ActionChunk
 from flowrl.experiments.pretrain import (
+    BC_KINDS,
     BCStageConfig,
     DatasetStageConfig,
     behaviour_clone,
@@ -234,6 +235,35 @@ class PolicyFlowConfig(FlowOnPolicyConfig):
     ratio_estimator: str = "paper"  # "paper" (J uniform times) or "grid" (THE K-step grid)
 
 
+@register_schema("algo", "fpo")
+@dataclass
+class FPOConfig(FlowOnPolicyConfig):
+    """FPO (``flowrl.algos.FPO``): PPO on flow-matching-loss ratios; ``variant=fpo++``."""
+
+    _target_: str = "flowrl.algos.FPO"
+    name: str = "fpo"
+    policies: list[str] = field(default_factory=lambda: ["fpo"])
+    clip_range: float = 0.05  # the FPO papers' epsilon
+    variant: str = "fpo"  # "fpo" or "fpo++" (per-pair ratios + asymmetric trust region)
+    per_pair_ratios: bool | None = None  # null: as variant says
+    asymmetric_trust_region: bool | None = None  # null: as variant says
+    num_mc: int = 8  # N_mc, (tau, eps) pairs per action
+    cfm_reduction: str = "sum"  # "sum" over action dims (the paper's norm) or "mean"
+
+
+@register_schema("algo", "dppo")
+@dataclass
+class DPPOConfig(FlowOnPolicyConfig):
+    """DPPO (``flowrl.algos.DPPO``): PPO on every fine-tuned denoising step."""
+
+    _target_: str = "flowrl.algos.DPPO"
+    name: str = "dppo"
+    policies: list[str] = field(default_factory=lambda: ["diffusion"])
+    gamma_denoising: float = 0.99  # advantage discount per denoising step before the last
+    # "sum": each step's exact log-likelihood; "paper": per-dim mean clamped to [-5, 2]
+    log_prob_reduction: str = "sum"
+
+
 @register_schema("algo", "ppo")
 @dataclass
 class PPOConfig(OnPolicyConfig):
@@ -365,6 +395,50 @@ class PolicyFlowPolicyConfig(FlowPolicyBaseConfig):
         }
 
 
+@register_schema("policy", "fpo")
+@dataclass
+class FPOPolicyConfig(FlowPolicyBaseConfig):
+    """FPO's policy (``flowrl.policies.FPOPolicy``): the flow's ODE from a random start."""
+
+    kind: str = "fpo"
+    policy: str = "FPOPolicy"
+    initial_std: float = 1.0  # std of the chain start a0, the only randomness (1: as in BC)
+    prediction: str = "velocity"  # how the loss reads the net: "velocity" or "epsilon"
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """How the flow-matching loss reads the network."""
+        return {"prediction": self.prediction}
+
+
+@register_schema("policy", "diffusion")
+@dataclass
+class DiffusionPolicyConfig(FlowPolicyBaseConfig):
+    """DPPO's diffusion policy (``flowrl.policies.DiffusionPolicy``); takes a flow bc.pt too."""
+
+    kind: str = "diffusion"
+    policy: str = "DiffusionPolicy"
+    initial_std: float = 1.0  # std of the chain start (1: DDPM's prior)
+    sigma_min: float = 0.1  # floor of every denoising step's std (DPPO's)
+    sigma_max: float | None = None  # cap of it (null: none, as DPPO)
+    ft_denoising_steps: int | None = None  # K', the fine-tuned last steps (null: all K)
+    eta: float = 1.0  # DDIM eta (1: DDPM)
+    denoised_clip: float | None = 1.0  # clamp of the predicted clean action
+    noise_clip: float | None = 3.0  # clamp of the sampled step noise (in stds)
+    prediction: str | None = None  # "epsilon" or "velocity"; null: the actor's
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """The chain's step rule, std floor and fine-tuned steps."""
+        return {
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "ft_denoising_steps": self.ft_denoising_steps,
+            "eta": self.eta,
+            "denoised_clip": self.denoised_clip,
+            "noise_clip": self.noise_clip,
+            "prediction": self.prediction,
+        }
+
+
 @register_schema("policy", "gaussian")
 @dataclass
 class GaussianPolicyConfig(PolicyConfig):
@@ -381,7 +455,8 @@ class GaussianPolicyConfig(PolicyConfig):
         if pretrained is not None:
             raise ValueError(
                 f"pretrained={pretrained!r} is a FlowActor checkpoint, which only flow "
-                "policies load: use algo=reinflow or algo=policyflow, or drop pretrained"
+                "policies load: use algo=reinflow, policyflow, fpo, fpo_pp or dppo, or drop "
+                "pretrained"
             )
         kwargs: dict[str, Any] = {}
         if self.net_arch is not None:
@@ -585,6 +660,8 @@ def check_compatible(cfg: TrainConfig) -> None:
     ):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    if cfg.bc.kind not in BC_KINDS:
+        raise ValueError(f"bc.kind must be one of {sorted(BC_KINDS)}, got {cfg.bc.kind!r}")
     if cfg.env.n_envs is not None and cfg.env.n_envs < 1:
         raise ValueError(f"env.n_envs must be >= 1 (or null), got {cfg.env.n_envs}")
     if not 0 < cfg.algo.gamma <= 1:

@@ -109,9 +109,13 @@ def test_jvp_attention_quick_writes_json_and_table(tmp_path):
 def test_update_time_quick_writes_json_and_table(tmp_path):
     out = tmp_path / "update_time.json"
     script = ROOT / "experiments" / "benchmarks" / "update_time.py"
-    run_script(script, "--quick", "--out", str(out), timeout=180)
+    run_script(script, "--quick", "--out", str(out), timeout=300)
     result = json.loads(out.read_text())
-    assert set(result["learners"]) == {"reinflow", "ppo", "sac"}
+    flow = {"reinflow", "policyflow", "fpo", "fpo_pp", "dppo"}
+    assert set(result["learners"]) == flow | {"ppo", "sac"}
+    for name in flow:  # matched settings: 2 rollouts, 2 epochs of 2 minibatches, as PPO
+        assert result["learners"][name]["gradient_steps"] == 8, name
+    assert result["learners"]["dppo"]["update_ratio_to_dppo"] == 1.0
     for learner in result["learners"].values():
         assert learner["gradient_steps"] > 0 and learner["update_calls"] > 0
         assert 0 < learner["update_s"] <= learner["wall_s"]

@@ -4,11 +4,11 @@ PolicyFlow's claim (arXiv 2602.01156) is that on MultiGoal it reaches all goals 
 PPO, FPO and DPPO settle on a subset. This benchmark trains, from scratch and with one set of
 PPO hyperparameters, a Gaussian policy (SB3's PPO, and the same policy on flowrl's on-policy
 core), ReinFlow (chain start a⁰ ~ N(0, I) and a⁰ = 0) and PolicyFlow, each with and without
-KL-Cov, on ``MultiGoal-v0`` with 4 goals and with 6 (``num_goals=6``), 5 seeds each. Per run
-it plays 100 evaluation episodes with the stochastic and with the deterministic policy and
-records the share that reach a goal, how many distinct goals they reach, and the normalized
-entropy of the goal histogram (1.0 = every goal equally often; :func:`flowrl.metrics.
-normalized_entropy`).
+KL-Cov, and FPO, FPO++ and DPPO (without: their ratios are per pair or per denoising step), on
+``MultiGoal-v0`` with 4 goals and with 6 (``num_goals=6``), 5 seeds each. Per run it plays 100
+evaluation episodes with the stochastic and with the deterministic policy and records the
+share that reach a goal, how many distinct goals they reach, and the normalized entropy of the
+goal histogram (1.0 = every goal equally often; :func:`flowrl.metrics.normalized_entropy`).
 
     python experiments/benchmarks/multigoal.py --jobs 2           # everything, ~80 min on 2 cores
     python experiments/benchmarks/multigoal.py --quick            # smoke run, ~1 min
@@ -39,7 +39,7 @@ from common import code_version, machine_info, write_results
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from flowrl.algos import PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
 from flowrl.metrics import iqm, iqm_bootstrap_ci, normalized_entropy
 
 matplotlib.use("Agg")
@@ -129,12 +129,40 @@ def _policyflow(brownian_coef: float) -> Callable[..., Any]:
     return build
 
 
+def _fpo(variant: str) -> Callable[..., Any]:
+    def build(env, seed: int, control: bool) -> Any:
+        # FPO's clip range is its paper's 0.05 (the class default); its policy has no
+        # entropy to reward, so ENT_COEF has nothing to act on. a⁰ ~ N(0, I) as in FPO.
+        return FPO(
+            "FPOPolicy",
+            env,
+            seed=seed,
+            variant=variant,
+            policy_kwargs=FLOW,
+            **PPO_SETTINGS,
+            **(KL_COV if control else {}),
+        )
+
+    return build
+
+
+def _dppo(env, seed: int, control: bool) -> Any:
+    # A fresh DDPM noise-prediction policy (K = 4, every step fine-tuned, std floor 0.1);
+    # its step stds come from the schedule, so ENT_COEF has nothing to act on.
+    if control:
+        raise ValueError("DPPO has one ratio per denoising step: entropy control does not apply")
+    return DPPO("DiffusionPolicy", env, seed=seed, policy_kwargs=FLOW, **PPO_SETTINGS)
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
     "ppo": _ppo,
     "gaussian": _gaussian,
     "reinflow_a0_normal": _reinflow(1.0),
     "reinflow_a0_zero": _reinflow(0.0),
     "policyflow": _policyflow(POLICYFLOW["brownian_coef"]),
+    "fpo": _fpo("fpo"),
+    "fpo_pp": _fpo("fpo++"),
+    "dppo": _dppo,
     # Ablations of the Brownian weight (not in the default list of methods).
     "policyflow_wb0": _policyflow(0.0),
     "policyflow_wb0.01": _policyflow(0.01),
@@ -149,6 +177,9 @@ METHODS = [
     "reinflow_a0_zero+klcov",
     "policyflow",
     "policyflow+klcov",
+    "fpo",
+    "fpo_pp",
+    "dppo",
 ]
 ABLATIONS = ["policyflow_wb0", "policyflow_wb0.01"]
 LABELS = {
@@ -157,6 +188,9 @@ LABELS = {
     "reinflow_a0_normal": "ReinFlow, a⁰ ~ N(0, I)",
     "reinflow_a0_zero": "ReinFlow, a⁰ = 0",
     "policyflow": "PolicyFlow",
+    "fpo": "FPO",
+    "fpo_pp": "FPO++",
+    "dppo": "DPPO",
     "policyflow_wb0": "PolicyFlow, w_b = 0",
     "policyflow_wb0.01": "PolicyFlow, w_b = 0.01",
 }

@@ -1,13 +1,16 @@
-"""Wall time per update across learners: ReinFlow, SB3 PPO and SB3 SAC on one env, one run.
+"""Wall time per update across learners: every on-policy flow learner, SB3 PPO and SAC, one run.
 
     .venv/bin/python experiments/benchmarks/update_time.py          # Hopper-v5, a few minutes
     .venv/bin/python experiments/benchmarks/update_time.py --quick  # smoke run, seconds
+    .venv/bin/python experiments/benchmarks/update_time.py --learners reinflow,dppo:20:10
 
 Every learner trains for the same number of env steps after an untimed warm-up, with the
-same hidden width W (PPO and SAC: two W-wide layers per network; ReinFlow: a residual
-velocity net of width W with ``--depth`` blocks, K = ``--num-steps``, and a W × W value net)
-and one torch thread. The instance's ``train`` (the update) is wrapped in a timer, so the
-result separates:
+same hidden width W (PPO and SAC: two W-wide layers per network; the flow learners —
+ReinFlow, PolicyFlow, FPO, FPO++, DPPO — a residual velocity (DPPO: noise) net of width W
+with ``--depth`` blocks, K = ``--num-steps``, and a W × W value net; DPPO fine-tunes all K
+steps) and one torch thread. ``dppo:K:K′`` adds a DPPO row at its own K and K′ (the DPPO
+paper's Gym setting is 20 and 10, against ReinFlow's K = 4). The instance's ``train`` (the
+update) is wrapped in a timer, so the result separates:
 
 * ``update_ms``: mean wall time of one call of ``train`` — for the on-policy learners one
   update after a rollout (``n_epochs`` passes over ``n_steps`` samples), for SAC one
@@ -33,23 +36,37 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
-from flowrl.algos import ReinFlow
+from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
 
-LEARNERS = ("reinflow", "ppo", "sac")
+LEARNERS = ("reinflow", "policyflow", "fpo", "fpo_pp", "dppo", "ppo", "sac")
+# The flow learners: algorithm, policy alias, and their own arguments.
+FLOW_LEARNERS: dict[str, tuple[type[BaseAlgorithm], str, dict[str, Any]]] = {
+    "reinflow": (ReinFlow, "FlowPolicy", {}),
+    "policyflow": (PolicyFlow, "PolicyFlowPolicy", {}),
+    "fpo": (FPO, "FPOPolicy", {}),
+    "fpo_pp": (FPO, "FPOPolicy", {"variant": "fpo++"}),
+    "dppo": (DPPO, "DiffusionPolicy", {}),
+}
 
 
 def build(name: str, args: argparse.Namespace) -> BaseAlgorithm:
-    """One learner at the shared settings."""
+    """One learner at the shared settings (``dppo:K:K′``: DPPO at its own K and K′)."""
     env = make_vec_env(args.env, n_envs=1, seed=args.seed)
     width = [args.width, args.width]
     on_policy = {"n_steps": args.n_steps, "batch_size": args.batch_size, "n_epochs": args.n_epochs}
-    if name == "reinflow":
-        policy_kwargs = {
+    base, *steps = name.split(":")
+    if base in FLOW_LEARNERS:
+        algo, alias, extra = FLOW_LEARNERS[base]
+        policy_kwargs: dict[str, Any] = {
             "actor_config": {"width": args.width, "depth": args.depth},
-            "num_steps": args.num_steps,
+            "num_steps": int(steps[0]) if steps else args.num_steps,
             "value_hidden": tuple(width),
         }
-        return ReinFlow("FlowPolicy", env, policy_kwargs=policy_kwargs, seed=args.seed, **on_policy)
+        if base == "dppo" and len(steps) == 2:
+            policy_kwargs["ft_denoising_steps"] = int(steps[1])
+        elif steps and base != "dppo" or len(steps) > 2:
+            raise ValueError(f"{name!r}: only dppo takes :K or :K:K′")
+        return algo(alias, env, policy_kwargs=policy_kwargs, seed=args.seed, **on_policy, **extra)
     if name == "ppo":
         arch = {"net_arch": {"pi": width, "vf": width}}
         return PPO("MlpPolicy", env, policy_kwargs=arch, seed=args.seed, **on_policy)
@@ -62,7 +79,7 @@ def build(name: str, args: argparse.Namespace) -> BaseAlgorithm:
             learning_starts=args.sac_learning_starts,
             seed=args.seed,
         )
-    raise ValueError(f"unknown learner {name!r}; choose from {LEARNERS}")
+    raise ValueError(f"unknown learner {name!r}; choose from {LEARNERS} (or dppo:K:K′)")
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -108,19 +125,22 @@ def table(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"Wall time per update on {s['env']}: W = {s['width']}, on-policy n_steps {s['n_steps']}, "
-        f"batch {s['batch_size']}, {s['n_epochs']} epochs (ReinFlow K = {s['num_steps']}, "
+        f"batch {s['batch_size']}, {s['n_epochs']} epochs (flow learners K = {s['num_steps']}, "
         f"{s['depth']} residual blocks); SAC batch {s['sac_batch_size']}, one gradient step per "
-        f"env step; {s['steps']} timed env steps each, torch threads {s['threads']}.",
+        f"env step; {s['steps']} timed env steps each, torch threads {s['threads']}. "
+        "Update ratio: this learner's update time over the first DPPO row's.",
         "",
-        "| learner | update (ms) | gradient steps | ms / gradient step | update s / 1k env steps "
-        "| env steps/s | parameters |",
-        "|---|---|---|---|---|---|---|",
+        "| learner | update (ms) | update ratio to DPPO | gradient steps | ms / gradient step "
+        "| update s / 1k env steps | env steps/s | parameters |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["learners"].items():
+        ratio = r.get("update_ratio_to_dppo")
         lines.append(
-            f"| {name} | {r['update_ms']:.1f} | {r['gradient_steps']} | "
-            f"{r['ms_per_gradient_step']:.2f} | {r['update_s_per_1k_env_steps']:.2f} | "
-            f"{r['env_steps_per_s']:.0f} | {r['parameters']} |"
+            f"| {name} | {r['update_ms']:.1f} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
+            f"{r['gradient_steps']} | {r['ms_per_gradient_step']:.2f} | "
+            f"{r['update_s_per_1k_env_steps']:.2f} | {r['env_steps_per_s']:.0f} | "
+            f"{r['parameters']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -156,6 +176,9 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "learners")},
         "learners": {name: measure(name, args) for name in learners},
     }
+    dppo = next((r for n, r in result["learners"].items() if n.startswith("dppo")), None)
+    for r in result["learners"].values():
+        r["update_ratio_to_dppo"] = None if dppo is None else r["update_ms"] / dppo["update_ms"]
     text = table(result)
     write_results(result, text, args.out)
     print(text)

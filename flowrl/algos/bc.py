@@ -28,6 +28,7 @@ from flowrl.data.normalizers import Normalizer
 from flowrl.flow.times import make_time_sampler
 from flowrl.nets.ema import EMA
 from flowrl.optim import guarded_step
+from flowrl.policies.diffusion import DiffusionActor
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
 __all__ = ["BCConfig", "FlowBC", "dataset_fingerprint"]
@@ -118,6 +119,7 @@ class FlowBC:
         env: gym.Env | None = None,
         actor_config: dict[str, Any] | None = None,
         config: BCConfig | None = None,
+        actor_class: type[FlowActor] = FlowActor,
     ) -> FlowBC:
         """Build an actor sized and normalized for ``dataset`` and wrap it in a trainer.
 
@@ -130,6 +132,9 @@ class FlowBC:
             env: Optional env whose spaces the dataset must match.
             actor_config: Overrides of :class:`FlowActorConfig` fields (width, depth, …).
             config: Optimisation settings.
+            actor_class: :class:`FlowActor` (flow matching) or
+                :class:`~flowrl.policies.DiffusionActor` (the ε-prediction loss of a
+                diffusion policy, for DPPO); the trainer is the same.
 
         Returns:
             The trainer.
@@ -149,7 +154,7 @@ class FlowBC:
         # without disturbing the caller's RNG state, so that one seed is one BC run.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            actor = FlowActor(actor_cfg, obs_norm, action_norm)
+            actor = actor_class(actor_cfg, obs_norm, action_norm)
         return cls(actor, dataset, config)
 
     @property
@@ -303,7 +308,9 @@ class FlowBC:
                 "belong to that dataset. Resume with that dataset, or start a new trainer."
             )
         try:
-            actor = FlowActor.from_checkpoint(state["actor"])
+            tag = state["actor"].get("class") if isinstance(state["actor"], dict) else None
+            actor_class = DiffusionActor if tag == DiffusionActor.__name__ else FlowActor
+            actor = actor_class.from_checkpoint(state["actor"])
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{name!r}: {err}") from None
         trainer = cls(actor, dataset, BCConfig(**state["config"]))

@@ -59,6 +59,9 @@ class FieldRolloutBuffer(RolloutBuffer):
         gae_lambda: GAE λ.
         gamma: Discount.
         n_envs: E, parallel envs.
+        float64_fields: Fields stored in float64 instead of float32 (log-probabilities that a
+            ratio is taken of, like ``log_probs``: float32 storage would put the ratio's
+            resolution above the first-minibatch check's 1e-6).
     """
 
     def __init__(
@@ -71,11 +74,16 @@ class FieldRolloutBuffer(RolloutBuffer):
         gae_lambda: float = 1.0,
         gamma: float = 0.99,
         n_envs: int = 1,
+        float64_fields: tuple[str, ...] = (),
     ):
         clash = set(fields) & {*_SB3_FIELDS, "rewards", "episode_starts"}
         if clash:
             raise ValueError(f"field names {sorted(clash)} are SB3's own buffer fields")
+        unknown = set(float64_fields) - set(fields)
+        if unknown:
+            raise ValueError(f"float64_fields {sorted(unknown)} are not fields of this buffer")
         self.field_shapes = {name: tuple(int(n) for n in shape) for name, shape in fields.items()}
+        self.float64_fields = tuple(float64_fields)
         super().__init__(
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
         )
@@ -83,7 +91,8 @@ class FieldRolloutBuffer(RolloutBuffer):
     def reset(self) -> None:
         """Empty the buffer (also allocates the fields)."""
         for name, shape in self.field_shapes.items():
-            self.__dict__[name] = np.zeros((self.buffer_size, self.n_envs, *shape), np.float32)
+            dtype = np.float64 if name in self.float64_fields else np.float32
+            self.__dict__[name] = np.zeros((self.buffer_size, self.n_envs, *shape), dtype)
         super().reset()
         # Chain log-likelihoods are sums of magnitude ~10: float32 storage alone would put
         # the PPO ratio's resolution above the 1e-6 that the first-minibatch check demands.

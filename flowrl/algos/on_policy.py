@@ -213,6 +213,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
     # Each learner names the policy class it takes (a checkpoint of another is refused).
     policy_base: ClassVar[type[FlowPolicyBase]]
     extra_loss_names: ClassVar[tuple[str, ...]] = ()  # logged even in updates that skip them
+    float64_fields: ClassVar[tuple[str, ...]] = ()  # buffer fields kept in float64
 
     def __init__(
         self,
@@ -385,6 +386,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+            float64_fields=self.float64_fields,
         )
 
     def _check_policy(self) -> None:

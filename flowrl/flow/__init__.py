@@ -9,6 +9,15 @@
 Convention: t ∈ [0, 1], t = 0 is noise and t = 1 is data.
 """
 
+from flowrl.flow.diffusion import (
+    cosine_alpha_bar,
+    ddpm_posterior,
+    ddpm_schedule,
+    denoising_step,
+    diffusion_sample,
+    epsilon_from_velocity,
+    epsilon_loss,
+)
 from flowrl.flow.integrators import (
     METHODS,
     NoisyChain,
@@ -56,6 +65,13 @@ __all__ = [
     "ShortcutLoss",
     "TimeSampler",
     "UniformTime",
+    "cosine_alpha_bar",
+    "ddpm_posterior",
+    "ddpm_schedule",
+    "denoising_step",
+    "diffusion_sample",
+    "epsilon_from_velocity",
+    "epsilon_loss",
     "euler_step",
     "expand_time",
     "flow_matching_loss",

@@ -405,6 +405,12 @@ class FlowPolicyBase(BasePolicy):
                     "pretrained must be a FlowActor or the path of its checkpoint (FlowActor."
                     f"save), got a {type(pretrained).__name__}"
                 )
+            if actor.predicts != "velocity":
+                raise TypeError(
+                    f"{source} is a {type(actor).__name__}, whose network predicts the "
+                    f"{actor.predicts} of a diffusion state, not a flow velocity: fine-tune it "
+                    "with DPPO (DiffusionPolicy), or behaviour-clone a FlowActor for this learner"
+                )
             if actor_config:
                 check_actor_config(actor, actor_config)
             check_pretrained(actor, source, obs_dim, action_dim, action_space)

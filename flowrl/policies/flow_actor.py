@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +92,9 @@ class FlowActor(nn.Module):
         obs_normalizer: Maps raw observations (…, Do) to network inputs; identity if None.
         action_normalizer: Maps env actions (…, Da) to the normalized box; identity if None.
     """
+
+    # What the network predicts: a flow velocity here; the noise ε in DiffusionActor.
+    predicts: ClassVar[str] = "velocity"
 
     def __init__(
         self,
@@ -391,4 +394,3 @@ class FlowActor(nn.Module):
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             # Missing or misshapen tensors surface as KeyError/RuntimeError from torch.
             raise ValueError(f"checkpoint {os.fspath(path)!r}: {err}") from err
-

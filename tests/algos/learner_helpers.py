@@ -12,9 +12,16 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
-from flowrl.algos import OnPolicyCore, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, FPO, OnPolicyCore, PolicyFlow, ReinFlow
 from flowrl.data import Normalizer
-from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPolicy
+from flowrl.policies import (
+    DiffusionPolicy,
+    FlowActor,
+    FlowActorConfig,
+    FlowPolicy,
+    FPOPolicy,
+    PolicyFlowPolicy,
+)
 
 
 def short_pendulum(steps: int = 16) -> Monitor:
@@ -75,9 +82,17 @@ class Learner:
     policy_cls: type
     policy_kwargs: Callable[[int], dict[str, Any]]
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The policy takes sigma_min/sigma_max (FPOPolicy has no noise model: only a⁰ is random).
+    noise_bounds: bool = True
 
 
 LEARNERS = {
+    "dppo": Learner(
+        DPPO,
+        "DiffusionPolicy",
+        DiffusionPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+    ),
     "reinflow": Learner(
         ReinFlow,
         "FlowPolicy",
@@ -102,5 +117,21 @@ LEARNERS = {
         PolicyFlowPolicy,
         lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
         dict(ratio_estimator="grid"),
+    ),
+    "fpo": Learner(
+        FPO,
+        "FPOPolicy",
+        FPOPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+        dict(num_mc=4),
+        noise_bounds=False,
+    ),
+    "fpo_pp": Learner(
+        FPO,
+        "FPOPolicy",
+        FPOPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+        dict(num_mc=4, variant="fpo++"),
+        noise_bounds=False,
     ),
 }

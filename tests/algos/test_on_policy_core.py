@@ -8,7 +8,15 @@ import pytest
 import torch
 from reinflow_reference import CONFIGS, PATH, run
 
-from flowrl.algos import ChainRolloutBuffer, FieldRolloutBuffer, OnPolicyCore, PolicyFlow, ReinFlow
+from flowrl.algos import (
+    DPPO,
+    FPO,
+    ChainRolloutBuffer,
+    FieldRolloutBuffer,
+    OnPolicyCore,
+    PolicyFlow,
+    ReinFlow,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -37,10 +45,12 @@ def test_a_reinflow_checkpoint_from_before_the_core_loads_and_acts_the_same():
 
 
 def test_learners_are_thin_layers_on_the_core():
-    assert issubclass(ReinFlow, OnPolicyCore) and issubclass(PolicyFlow, OnPolicyCore)
-    # The update loop exists once: neither learner overrides it.
+    learners = (ReinFlow, PolicyFlow, FPO, DPPO)
+    assert all(issubclass(learner, OnPolicyCore) for learner in learners)
+    # The update loop exists once: no learner overrides it.
     for method in ("train", "collect_rollouts", "_actor_loss", "_refresh_old_log_probs"):
-        assert method not in vars(ReinFlow) and method not in vars(PolicyFlow), method
+        for learner in learners:
+            assert method not in vars(learner), (learner.__name__, method)
 
 
 def _buffer(fields, n_envs=2, size=3):
@@ -134,3 +144,15 @@ def test_several_ratios_per_sample_refuse_what_does_not_apply():
     model.entropy_control = "clip_cov"
     with pytest.raises(ValueError, match="one log-ratio each"):
         model._column_advantages(advantages, log_ratio, None)
+
+
+def test_float64_fields_keep_their_precision():
+    obs_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    act_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    buffer = FieldRolloutBuffer(
+        2, obs_space, act_space, {"lp": (3,), "x": (1,)}, device="cpu", float64_fields=("lp",)
+    )
+    buffer.reset()
+    assert buffer.lp.dtype == np.float64 and buffer.x.dtype == np.float32
+    with pytest.raises(ValueError, match=r"float64_fields \['nope'\]"):
+        FieldRolloutBuffer(2, obs_space, act_space, {"lp": (3,)}, float64_fields=("nope",))

@@ -17,9 +17,17 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.sac.policies import SACPolicy
 
-from flowrl.algos import PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
 from flowrl.data import Normalizer
-from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPolicy
+from flowrl.policies import (
+    DiffusionActor,
+    DiffusionPolicy,
+    FlowActor,
+    FlowActorConfig,
+    FlowPolicy,
+    FPOPolicy,
+    PolicyFlowPolicy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +38,9 @@ data_file = importlib.import_module("flowrl.experiments.pretrain").data_file
 ALGOS = {
     "reinflow": (ReinFlow, FlowPolicy),
     "policyflow": (PolicyFlow, PolicyFlowPolicy),
+    "fpo": (FPO, FPOPolicy),
+    "fpo_pp": (FPO, FPOPolicy),
+    "dppo": (DPPO, DiffusionPolicy),
     "ppo": (PPO, ActorCriticPolicy),
     "sac": (SAC, SACPolicy),
 }
@@ -75,7 +86,8 @@ def test_every_algo_builds_on_every_env(algo, env):
     cfg = TRAIN.as_train_config(config(f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])))
     algo_class, policy_class = ALGOS[algo]
     # No policy named: each algo brings its natural one.
-    assert cfg.policy.kind == {"reinflow": "flow", "policyflow": "policyflow"}.get(algo, "gaussian")
+    natural = {"reinflow": "flow", "policyflow": "policyflow", "fpo": "fpo", "fpo_pp": "fpo"}
+    assert cfg.policy.kind == {**natural, "dppo": "diffusion"}.get(algo, "gaussian")
     assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
     venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
     try:
@@ -209,6 +221,60 @@ def test_pretrained_checkpoint_starts_the_flow_policy(tmp_path):
         TRAIN.build_model(config(f"pretrained={tmp_path / 'missing.pt'}"), venv)
     with pytest.raises(ValueError, match="only flow policies load"):
         TRAIN.build_model(config("algo=ppo", f"pretrained={tmp_path / 'bc.pt'}"), venv)
+
+
+@pytest.mark.parametrize("algo", ["fpo", "fpo_pp", "dppo"])
+def test_tiny_fpo_and_dppo_runs_from_a_bc_checkpoint(algo, tmp_path):
+    """The baselines of the head-to-head run through the pipeline from one flow bc.pt."""
+    _save_actor(tmp_path / "bc.pt")
+    tiny = [o for o in TINY_REINFLOW if not o.startswith(("algo=", "policy.", "from_scratch"))]
+    out = tmp_path / algo
+    overrides = [f"algo={algo}", *tiny, f"pretrained={tmp_path / 'bc.pt'}", f"output_dir={out}"]
+    if algo == "dppo":
+        overrides.append("policy.ft_denoising_steps=2")
+    results = TRAIN.train(config(*overrides))
+    assert results["config"]["algo"]["name"] == algo and results["env_steps"] == 512
+    cls, policy_cls = ALGOS[algo]
+    model = cls.load(out / "model.zip")
+    assert isinstance(model.policy, policy_cls) and model.policy.num_steps == 3
+    if algo == "fpo_pp":
+        assert model.per_pair_ratios and model.asymmetric_trust_region
+    if algo == "dppo":  # the flow bc.pt, read as a noise predictor; 2 of its 3 steps tuned
+        assert model.policy.prediction == "velocity" and model.policy.ft_denoising_steps == 2
+
+
+def test_bc_stage_makes_a_diffusion_actor_for_dppo(tmp_path):
+    from flowrl.data import OfflineDataset
+
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((256, 3)).astype(np.float32)
+    OfflineDataset(
+        observations=obs,
+        actions=np.tanh(obs[:, :1]).astype(np.float32),
+        rewards=-np.ones(256, np.float32),
+        terminals=np.zeros(256, bool),
+        timeouts=(np.arange(256) % 64 == 63),
+    ).save_npz(tmp_path / "d.npz")
+    tiny = [o for o in TINY_REINFLOW if not o.startswith(("algo=", "policy.", "from_scratch"))]
+    overrides = [
+        "algo=dppo",
+        *tiny,
+        "stages=[bc,finetune]",
+        f"dataset.path={tmp_path / 'd.npz'}",
+        "bc.kind=diffusion",
+        "bc.train.steps=20",
+        "bc.train.batch_size=32",
+        "bc.actor={width: 16, depth: 1, num_steps: 2}",
+        f"pretrain_dir={tmp_path / 'pre'}",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    TRAIN.train(config(*overrides))
+    assert type(DiffusionActor.load(tmp_path / "pre" / "bc" / "bc.pt")) is DiffusionActor
+    model = DPPO.load(tmp_path / "run" / "model.zip")
+    assert model.policy.prediction == "epsilon"
+    with pytest.raises(ValueError, match="bc.kind must be one of"):
+        TRAIN.train(config(*overrides, "bc.kind=gaussian", f"output_dir={tmp_path / 'r2'}"))
+    assert not (tmp_path / "r2").exists()  # refused before anything was written
 
 
 def test_experiment_bundles_compose():

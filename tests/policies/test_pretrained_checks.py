@@ -8,9 +8,9 @@ from gymnasium import spaces
 from torch import nn
 
 from flowrl.data import Normalizer
-from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, PolicyFlowPolicy
+from flowrl.policies import FlowActor, FlowActorConfig, FlowPolicy, FPOPolicy, PolicyFlowPolicy
 
-POLICIES = [FlowPolicy, PolicyFlowPolicy]
+POLICIES = [FlowPolicy, PolicyFlowPolicy, FPOPolicy]
 OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACT = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
 

@@ -1,14 +1,12 @@
 """The console commands: the pipeline of ``flowrl.experiments``, from any folder.
 
-=====================  ==========================================  =========================
-command                what it runs                                needs
-=====================  ==========================================  =========================
-``flowrl-train``       :mod:`flowrl.experiments.train` (Hydra)      ``[pipeline]``
-``flowrl-enjoy``       :mod:`flowrl.experiments.enjoy`              ``[pipeline]``; ``[video]``
-``flowrl-eval``        ``flowrl-enjoy`` without a window or video   ``[pipeline]``
-``flowrl-summarize``   :mod:`flowrl.experiments.summarize`          ``[pipeline]``
-``flowrl-generators``  :mod:`flowrl.experiments.generators` (Hydra) ``[pipeline]``
-=====================  ==========================================  =========================
+| command | what it runs | extra |
+|---|---|---|
+| `flowrl-train` | `flowrl.experiments.train` (Hydra) | `pipeline` |
+| `flowrl-enjoy` | `flowrl.experiments.enjoy` | `pipeline`; `video` for MP4 |
+| `flowrl-eval` | `flowrl-enjoy` without a window or video | `pipeline` |
+| `flowrl-summarize` | `flowrl.experiments.summarize` | `pipeline` |
+| `flowrl-generators` | `flowrl.experiments.generators` (Hydra) | `pipeline` |
 
 Each command takes the same arguments as the script of a clone (``flowrl-train
 experiment=main`` is ``python experiments/train.py experiment=main``), reads its configs from

@@ -43,21 +43,26 @@ def _dataset(episodes: int = 20, noise: float = 1.0) -> OfflineDataset:
     )
 
 
-def evaluate(model, deterministic: bool) -> float:
-    """Mean return over 30 episodes of a fixed evaluation env."""
+def evaluate(model, deterministic: bool, episodes: int = 30) -> float:
+    """Mean return over ``episodes`` episodes of a fixed evaluation env."""
     env = make_vec_env("Pendulum-v1", n_envs=1, seed=123)
-    mean, _ = evaluate_policy(model, env, n_eval_episodes=30, deterministic=deterministic)
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic)
     return mean
 
 
-def weak_bc_actor() -> FlowActor:
-    """The BC actor (EMA weights) of 300 steps on the noisy swing-up data, seed 0."""
+def weak_bc_actor(actor_class: type[FlowActor] = FlowActor) -> FlowActor:
+    """The BC actor (EMA weights) of 300 steps on the noisy swing-up data, seed 0.
+
+    ``actor_class``: :class:`FlowActor` (flow matching) or ``DiffusionActor`` (the DDPM
+    noise-prediction loss, for DPPO); the same data, net and steps.
+    """
     torch.manual_seed(0)
     bc = FlowBC.from_dataset(
         _dataset(),
         env=gym.make("Pendulum-v1"),
         actor_config={"width": 64, "depth": 2, "num_steps": 4},
         config=BCConfig(steps=300, batch_size=256, seed=0),
+        actor_class=actor_class,
     )
     bc.learn(progress_bar=False)
     return bc.actor_ema
@@ -69,11 +74,11 @@ def pendulum_venv() -> VecNormalize:
     return VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=0.95)
 
 
-def improvement(model, steps: int) -> dict[bool, float]:
+def improvement(model, steps: int, episodes: int = 30) -> dict[bool, float]:
     """Train ``model`` for ``steps``; the change of the return, keyed by ``deterministic``."""
-    before = {d: evaluate(model, d) for d in (True, False)}
+    before = {d: evaluate(model, d, episodes) for d in (True, False)}
     model.learn(steps)
-    after = {d: evaluate(model, d) for d in (True, False)}
+    after = {d: evaluate(model, d, episodes) for d in (True, False)}
     print(
         f"deterministic {before[True]:.0f} -> {after[True]:.0f}, "
         f"stochastic {before[False]:.0f} -> {after[False]:.0f}"

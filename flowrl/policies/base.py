@@ -17,7 +17,7 @@ import copy
 import inspect
 import os
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -380,8 +380,8 @@ class FlowPolicyBase(BasePolicy):
                 'pass actor_config=dict(method="euler")'
             )
 
-    @staticmethod
     def _make_actor(
+        self,
         obs_dim: int,
         action_dim: int,
         actor_config: dict[str, Any] | None,
@@ -390,39 +390,56 @@ class FlowPolicyBase(BasePolicy):
     ) -> FlowActor:
         """A copy of the pretrained actor (checked) or a fresh one for these spaces.
 
-        A pretrained actor must match the env's dims and action box and have finite weights
-        (:func:`check_pretrained`), and ``actor_config`` may not contradict it
-        (:func:`check_actor_config`); the checkpoint is read once.
+        A pretrained actor must be one this policy can drive (:meth:`_accept_pretrained`),
+        match the env's dims and action box and have finite weights (:func:`check_pretrained`),
+        and ``actor_config`` may not contradict it (:func:`check_actor_config`); the checkpoint
+        is read once. Subclasses choose the fresh actor's class (:meth:`_fresh_actor_class`),
+        the checkpoint reader (:meth:`_load_pretrained`) and what they accept.
         """
-        if pretrained is not None:
-            if isinstance(pretrained, FlowActor):
-                actor, source = pretrained, "the pretrained FlowActor"
-            elif isinstance(pretrained, (str, os.PathLike)):
-                actor = FlowActor.load(pretrained)
-                source = f"the pretrained checkpoint {os.fspath(pretrained)!r}"
-            else:
-                raise TypeError(
-                    "pretrained must be a FlowActor or the path of its checkpoint (FlowActor."
-                    f"save), got a {type(pretrained).__name__}"
-                )
-            if actor.predicts != "velocity":
-                raise TypeError(
-                    f"{source} is a {type(actor).__name__}, whose network predicts the "
-                    f"{actor.predicts} of a diffusion state, not a flow velocity: fine-tune it "
-                    "with DPPO (DiffusionPolicy), or behaviour-clone a FlowActor for this learner"
-                )
-            if actor_config:
-                check_actor_config(actor, actor_config)
-            check_pretrained(actor, source, obs_dim, action_dim, action_space)
-            # A BC trainer's EMA actor is frozen (requires_grad=False): the copy must train.
-            return copy.deepcopy(actor).cpu().requires_grad_(True).train()
-        fields = dict(actor_config or {})
-        fields.update(obs_dim=obs_dim, action_dim=action_dim)
-        return FlowActor(
-            FlowActorConfig(**fields),
-            Normalizer.identity(obs_dim),
-            Normalizer.box(action_space.low, action_space.high),
-        )
+        if pretrained is None:
+            fields = dict(actor_config or {})
+            fields.update(obs_dim=obs_dim, action_dim=action_dim)
+            return self._fresh_actor_class()(
+                FlowActorConfig(**fields),
+                Normalizer.identity(obs_dim),
+                Normalizer.box(action_space.low, action_space.high),
+            )
+        if isinstance(pretrained, FlowActor):
+            actor, source = pretrained, f"the pretrained {type(pretrained).__name__}"
+        elif isinstance(pretrained, (str, os.PathLike)):
+            actor = self._load_pretrained(pretrained)
+            source = f"the pretrained checkpoint {os.fspath(pretrained)!r}"
+        else:
+            raise TypeError(
+                f"pretrained must be {self._pretrained_kinds} or the path of its checkpoint "
+                f"(.save), got a {type(pretrained).__name__}"
+            )
+        self._accept_pretrained(actor, source)
+        if actor_config:
+            check_actor_config(actor, actor_config)
+        check_pretrained(actor, source, obs_dim, action_dim, action_space)
+        # A BC trainer's EMA actor is frozen (requires_grad=False): the copy must train.
+        return copy.deepcopy(actor).cpu().requires_grad_(True).train()
+
+    #: What ``pretrained`` may be, for the TypeError of anything else.
+    _pretrained_kinds: ClassVar[str] = "a FlowActor"
+
+    def _fresh_actor_class(self) -> type[FlowActor]:
+        """The actor class built when no pretrained actor is given."""
+        return FlowActor
+
+    def _load_pretrained(self, path: str | os.PathLike) -> FlowActor:
+        """Read a pretrained actor checkpoint."""
+        return FlowActor.load(path)
+
+    def _accept_pretrained(self, actor: FlowActor, source: str) -> None:
+        """Refuse an actor this policy cannot drive: a flow policy needs a velocity network."""
+        if actor.predicts != "velocity":
+            raise TypeError(
+                f"{source} is a {type(actor).__name__}, whose network predicts the "
+                f"{actor.predicts} of a diffusion state, not a flow velocity: fine-tune it "
+                "with DPPO (DiffusionPolicy), or behaviour-clone a FlowActor for this learner"
+            )
 
     @classmethod
     def from_pretrained(

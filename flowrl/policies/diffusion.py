@@ -19,7 +19,6 @@ two-level MDP: each denoising step is an action of the inner MDP).
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any, Literal, NamedTuple
 
@@ -40,8 +39,6 @@ from flowrl.flow.integrators import VelocityFn, gaussian_entropy, gaussian_log_p
 from flowrl.flow.times import TimeSampler, UniformTime, time_grid
 from flowrl.policies.base import (
     FlowPolicyBase,
-    check_actor_config,
-    check_pretrained,
     check_sigma_bounds,
 )
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
@@ -278,35 +275,18 @@ class DiffusionPolicy(FlowPolicyBase):
 
     # ------------------------------------------------------------------ construction
 
-    def _make_actor(  # type: ignore[override]
-        self,
-        obs_dim: int,
-        action_dim: int,
-        actor_config: dict[str, Any] | None,
-        pretrained: FlowActor | str | os.PathLike | None,
-        action_space: spaces.Box,
-    ) -> FlowActor:
-        """A checked copy of the pretrained actor, or a fresh one of the ``prediction``'s class."""
-        if pretrained is None:
-            fields = dict(actor_config or {})
-            fields.update(obs_dim=obs_dim, action_dim=action_dim)
-            cls = FlowActor if self.prediction == "velocity" else DiffusionActor
-            self.prediction = self.prediction or "epsilon"
-            return cls(
-                FlowActorConfig(**fields),
-                Normalizer.identity(obs_dim),
-                Normalizer.box(action_space.low, action_space.high),
-            )
-        if isinstance(pretrained, FlowActor):
-            actor, source = pretrained, f"the pretrained {type(pretrained).__name__}"
-        elif isinstance(pretrained, (str, os.PathLike)):
-            actor = load_actor(pretrained)
-            source = f"the pretrained checkpoint {os.fspath(pretrained)!r}"
-        else:
-            raise TypeError(
-                "pretrained must be a DiffusionActor or FlowActor, or the path of its "
-                f"checkpoint, got a {type(pretrained).__name__}"
-            )
+    _pretrained_kinds = "a DiffusionActor or FlowActor"
+
+    def _fresh_actor_class(self) -> type[FlowActor]:
+        cls = FlowActor if self.prediction == "velocity" else DiffusionActor
+        self.prediction = self.prediction or "epsilon"
+        return cls
+
+    def _load_pretrained(self, path: str | os.PathLike) -> FlowActor:
+        return load_actor(path)
+
+    def _accept_pretrained(self, actor: FlowActor, source: str) -> None:
+        # Either network drives the chain; ``prediction`` follows the actor's, or must agree.
         kind: Prediction = "epsilon" if actor.predicts == "epsilon" else "velocity"
         if self.prediction is not None and self.prediction != kind:
             raise ValueError(
@@ -314,10 +294,6 @@ class DiffusionPolicy(FlowPolicyBase):
                 f"{'noise' if kind == 'epsilon' else 'a flow velocity'}: drop prediction="
             )
         self.prediction = kind
-        if actor_config:
-            check_actor_config(actor, actor_config)
-        check_pretrained(actor, source, obs_dim, action_dim, action_space)
-        return copy.deepcopy(actor).cpu().requires_grad_(True).train()
 
     def _build_noise(self, obs_dim: int, action_dim: int) -> None:
         # No noise network: the stds come from the schedule. K is known here.

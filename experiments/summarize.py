@@ -169,6 +169,8 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                     "change_percent": change_percent(start, final, pretrained),
                     # forward speed at the last evaluation (m/s), where every seed logged it
                     "final_speed_mean": None if None in speeds else float(np.mean(speeds)),
+                    # each seed's wall time (training + evaluations, summed over resumes), s
+                    "wall_time_s_per_seed": [run.get("wall_time_s") for run in runs],
                     # every evaluation, so the table can be read at a smaller budget later
                     "curve": [
                         {"env_steps": t, "mean": float(v.mean()), "per_seed": v.tolist()}
@@ -192,8 +194,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """
     lines = [
         "| run | policy | seeds | env steps | start | start IQM [95 % CI] | final "
-        "| final IQM [95 % CI] | change | final per seed | best per seed | final speed (m/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| final IQM [95 % CI] | change | final per seed | best per seed | final speed (m/s) "
+        "| wall time per run (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         change = f"{r['change']:+.0f}"
@@ -202,13 +205,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         per_seed = ", ".join(f"{v:.0f}" for v in r["final_per_seed"])
         best = ", ".join(f"{v:.0f}" for v in r["best_per_seed"])
         speed = "—" if r["final_speed_mean"] is None else f"{r['final_speed_mean']:.2f}"
+        walls = r.get("wall_time_s_per_seed") or [None]
+        wall = "—" if None in walls else ", ".join(f"{w / 60:.0f}" for w in walls)
         lines.append(
             f"| {r['group']} | {r['mode']} | {len(r['seeds'])} | {r['timesteps']} | "
             f"{r['start_mean']:.0f} ± {r['start_std']:.0f} | "
             f"{_iqm_cell(r['start_iqm'], r['start_iqm_ci95'])} | "
             f"{r['final_mean']:.0f} ± {r['final_std']:.0f} | "
             f"{_iqm_cell(r['final_iqm'], r['final_iqm_ci95'])} | {change} | {per_seed} | "
-            f"{best} | {speed} |"
+            f"{best} | {speed} | {wall} |"
         )
     return "\n".join(lines) + "\n"
 

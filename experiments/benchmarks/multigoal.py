@@ -13,6 +13,7 @@ goal histogram (1.0 = every goal equally often; :func:`flowrl.metrics.normalized
     python experiments/benchmarks/multigoal.py --jobs 2           # everything, ~80 min on 2 cores
     python experiments/benchmarks/multigoal.py --quick            # smoke run, ~1 min
     python experiments/benchmarks/multigoal.py --methods policyflow,ppo --seeds 0,1
+    python experiments/benchmarks/multigoal.py --existing        # summarize what has run so far
 
 Every run writes its own JSON under ``--runs-dir`` and is skipped when rerun with the same
 settings, so an interrupted benchmark resumes; the summary (JSON + markdown table) goes to
@@ -245,13 +246,17 @@ def evaluate(model: Any, num_goals: int, seed: int, episodes: int, deterministic
     }
 
 
+def _finished(task: dict[str, Any]) -> bool:
+    """Whether ``task``'s run file exists and holds a run of exactly these settings."""
+    path = Path(task["path"])
+    return path.exists() and json.loads(path.read_text()).get("task") == task
+
+
 def run(task: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one (method, num_goals, seed); write and return its record."""
     path = Path(task["path"])
-    if path.exists():
-        record = json.loads(path.read_text())
-        if record.get("task") == task:
-            return record
+    if _finished(task):
+        return json.loads(path.read_text())
     torch.set_num_threads(1)
     env = make_vec_env(
         "MultiGoal-v0",
@@ -422,6 +427,12 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/benchmarks/results/multigoal.json")
     parser.add_argument("--figures", default="docs/multigoal")
     parser.add_argument("--quick", action="store_true", help="2k steps, seed 0, 10 episodes")
+    parser.add_argument(
+        "--existing",
+        action="store_true",
+        help="train nothing: summarize the runs of these settings already under --runs-dir "
+        "(a row's seeds column says how many it has)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seeds, args.episodes = 2048, "0", 10
@@ -444,6 +455,10 @@ def main() -> None:
         for method in methods
         for seed in args.seeds.split(",")
     ]
+    if args.existing:
+        tasks = [task for task in tasks if _finished(task)]
+        if not tasks:
+            parser.error(f"no finished runs of these settings under {args.runs_dir}")
     start = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
@@ -454,7 +469,7 @@ def main() -> None:
     command = "python experiments/benchmarks/multigoal.py " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
-        if k not in ("quick", "out", "runs_dir", "figures", "jobs")
+        if k not in ("quick", "out", "runs_dir", "figures", "jobs", "existing")
     )
     result = {
         "benchmark": "multigoal",

@@ -112,14 +112,7 @@ class DiffusionActor(FlowActor):
         Returns:
             Normalized actions a^K, shape (B, Da).
         """
-        num_steps = self.config.num_steps if num_steps is None else num_steps
-        self.check_num_steps(num_steps)
-        obs_n = self.normalize_obs(obs)
-        shape = (obs.shape[0], self.config.action_dim)
-        if noise is None:
-            noise = torch.randn(shape, generator=generator, device=obs.device)
-        elif noise.shape != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        num_steps, obs_n, noise = self._chain_start(obs, num_steps, noise, generator)
         return diffusion_sample(
             lambda t, x: self.eps(t, x, obs_n), noise, num_steps, generator=generator
         )

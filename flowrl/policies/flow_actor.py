@@ -199,6 +199,29 @@ class FlowActor(nn.Module):
 
     # ------------------------------------------------------------------ sampling
 
+    def _chain_start(
+        self,
+        obs: Tensor,
+        num_steps: int | None,
+        noise: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[int, Tensor, Tensor]:
+        """K (checked before any random draw), normalized observations and the chain start a⁰.
+
+        Raises:
+            ValueError: For a K the actor cannot sample with, or ``noise`` of the wrong shape.
+        """
+        num_steps = self.config.num_steps if num_steps is None else num_steps
+        self.check_num_steps(num_steps)
+        shape = (obs.shape[0], self.config.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=obs.device)
+        elif noise.shape != shape:
+            raise ValueError(
+                f"noise must have shape {shape} to match the observations, got {tuple(noise.shape)}"
+            )
+        return num_steps, self.normalize_obs(obs), noise
+
     def sample_normalized(
         self,
         obs: Tensor,
@@ -225,18 +248,7 @@ class FlowActor(nn.Module):
             ValueError: For a K the actor was not trained to sample with
                 (:meth:`check_num_steps`), or noise of the wrong shape.
         """
-        num_steps = self.config.num_steps if num_steps is None else num_steps
-        self.check_num_steps(num_steps)  # before any random draw
-        obs_n = self.normalize_obs(obs)
-        if noise is None:
-            noise = torch.randn(
-                obs.shape[0], self.config.action_dim, generator=generator, device=obs.device
-            )
-        elif noise.shape != (obs.shape[0], self.config.action_dim):
-            raise ValueError(
-                f"noise must have shape ({obs.shape[0]}, {self.config.action_dim}) to match "
-                f"the observations, got {tuple(noise.shape)}"
-            )
+        num_steps, obs_n, noise = self._chain_start(obs, num_steps, noise, generator)
         velocity = self.velocity_fn(obs_n, num_steps)
         return integrate(velocity, noise, num_steps, method or self.config.method)  # type: ignore[arg-type]
 

@@ -55,18 +55,34 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def pendulum_actor(seed: int = 0) -> FlowActor:
-    """A 'pretrained' actor for Pendulum: random non-zero output layer, box action normalizer."""
+def pendulum_actor(
+    seed: int = 0,
+    *,
+    actor_class: type[FlowActor] = FlowActor,
+    num_steps: int = 2,
+    output_std: float = 0.3,
+    gaussian_obs: bool = True,
+) -> FlowActor:
+    """A 'pretrained' actor for Pendulum: random non-zero output layer, box action normalizer.
+
+    ``actor_class`` may be :class:`DiffusionActor` (an ε-net on the same network);
+    ``gaussian_obs=False`` gives an identity observation normalizer.
+    """
     torch.manual_seed(seed)
     env = gym.make("Pendulum-v1")
-    actor = FlowActor(
-        FlowActorConfig(obs_dim=3, action_dim=1, width=32, depth=1, num_steps=2),
-        Normalizer.gaussian(np.stack([env.observation_space.sample() for _ in range(64)])),
+    obs_normalizer = (
+        Normalizer.gaussian(np.stack([env.observation_space.sample() for _ in range(64)]))
+        if gaussian_obs
+        else Normalizer.identity(3)
+    )
+    actor = actor_class(
+        FlowActorConfig(obs_dim=3, action_dim=1, width=32, depth=1, num_steps=num_steps),
+        obs_normalizer,
         Normalizer.box(env.action_space.low, env.action_space.high),
     )
     with torch.no_grad():
-        nn.init.normal_(actor.velocity_net.output.weight, std=0.3)
-        nn.init.normal_(actor.velocity_net.output.bias, std=0.3)
+        nn.init.normal_(actor.velocity_net.output.weight, std=output_std)
+        nn.init.normal_(actor.velocity_net.output.bias, std=output_std)
     return actor
 
 

@@ -11,18 +11,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from learner_helpers import rollout, state, update
-from torch import nn
+from learner_helpers import pendulum_actor, rollout, state, update
 
 from flowrl.algos import DPPO, BCConfig, FlowBC
-from flowrl.data import Normalizer
 from flowrl.data.toy import mixture_centers, mixture_dataset, sample_mixture
 from flowrl.metrics import mode_counts, sliced_wasserstein
 from flowrl.policies import (
     DiffusionActor,
     DiffusionPolicy,
     FlowActor,
-    FlowActorConfig,
     FlowPolicy,
     FPOPolicy,
     PolicyFlowPolicy,
@@ -33,30 +30,12 @@ PENDULUM = gym.make("Pendulum-v1")
 
 def diffusion_actor(K: int = 4, seed: int = 0) -> DiffusionActor:
     """A 'pretrained' ε-net for Pendulum: random non-zero output layer, box normalizer."""
-    torch.manual_seed(seed)
-    actor = DiffusionActor(
-        FlowActorConfig(obs_dim=3, action_dim=1, width=32, depth=1, num_steps=K),
-        Normalizer.gaussian(np.stack([PENDULUM.observation_space.sample() for _ in range(64)])),
-        Normalizer.box(PENDULUM.action_space.low, PENDULUM.action_space.high),
-    )
-    with torch.no_grad():
-        nn.init.normal_(actor.velocity_net.output.weight, std=0.5)
-        nn.init.normal_(actor.velocity_net.output.bias, std=0.5)
-    return actor
+    return pendulum_actor(seed, actor_class=DiffusionActor, num_steps=K, output_std=0.5)
 
 
 def flow_actor(K: int = 4, seed: int = 0) -> FlowActor:
     """A random flow-matching actor (a velocity net) for Pendulum."""
-    torch.manual_seed(seed)
-    actor = FlowActor(
-        FlowActorConfig(obs_dim=3, action_dim=1, width=32, depth=1, num_steps=K),
-        Normalizer.identity(3),
-        Normalizer.box(PENDULUM.action_space.low, PENDULUM.action_space.high),
-    )
-    with torch.no_grad():
-        nn.init.normal_(actor.velocity_net.output.weight, std=0.3)
-        nn.init.normal_(actor.velocity_net.output.bias, std=0.3)
-    return actor
+    return pendulum_actor(seed, num_steps=K, gaussian_obs=False)
 
 
 def model_for(

@@ -38,18 +38,15 @@ def _fpo(variant: str) -> FPO:
     )
 
 
-def test_fpo_improves_a_weak_bc_policy_on_pendulum():
-    model = _fpo("fpo")
+# FPO++'s per-pair clip and SPO penalty keep its steps small: in this budget it gains less
+# (docs/fpo_dppo.md), so it asserts less and runs with the slow tests.
+@pytest.mark.parametrize(
+    ("variant", "min_gain"),
+    [("fpo", 400), pytest.param("fpo++", 100, marks=pytest.mark.slow)],
+)
+def test_fpo_improves_a_weak_bc_policy_on_pendulum(variant, min_gain):
+    model = _fpo(variant)
     change = improvement(model, 60_000)
-    assert change[True] > 400
-    assert change[False] > 400
-    assert model.logger.name_to_value["flow/ratio_first_minibatch_max_deviation"] == 0.0
-
-
-@pytest.mark.slow
-def test_fpo_plus_plus_improves_a_weak_bc_policy_on_pendulum():
-    model = _fpo("fpo++")
-    change = improvement(model, 60_000)
-    assert change[True] > 100
-    assert change[False] > 100
+    assert change[True] > min_gain
+    assert change[False] > min_gain
     assert model.logger.name_to_value["flow/ratio_first_minibatch_max_deviation"] == 0.0

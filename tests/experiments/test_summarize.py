@@ -8,7 +8,17 @@ from flowrl.experiments import summarize
 from flowrl.metrics import iqm, iqm_bootstrap_ci
 
 
-def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mid=None, speed=None):
+def _run(
+    folder,
+    seed,
+    lr=3e-4,
+    start=100.0,
+    final=150.0,
+    pretrained="bc.pt",
+    mid=None,
+    speed=None,
+    wall=None,
+):
     folder.mkdir(parents=True)
     config = {
         "algo": {"name": "reinflow", "learning_rate": lr},
@@ -23,6 +33,8 @@ def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mi
     if speed is not None:
         curve[-1]["x_velocity_deterministic_mean"] = speed
     result = {"config": config, "timesteps": 1000, "curve": curve}
+    if wall is not None:
+        result["wall_time_s"] = wall
     result["final"] = result["curve"][-1]
     (folder / "results.json").write_text(json.dumps(result))
     return folder
@@ -30,8 +42,8 @@ def _run(folder, seed, lr=3e-4, start=100.0, final=150.0, pretrained="bc.pt", mi
 
 def test_rows_average_seeds_and_report_the_change(tmp_path):
     runs = [
-        _run(tmp_path / "a", 0, final=150, mid=300, speed=1.0),
-        _run(tmp_path / "b", 1, final=250, mid=200, speed=2.0),
+        _run(tmp_path / "a", 0, final=150, mid=300, speed=1.0, wall=1500.0),
+        _run(tmp_path / "b", 1, final=250, mid=200, speed=2.0, wall=2730.0),
     ]
     runs.append(_run(tmp_path / "c", 0, start=10, final=20, pretrained=None))
     groups = summarize.load_runs(runs)
@@ -40,6 +52,7 @@ def test_rows_average_seeds_and_report_the_change(tmp_path):
     assert bc["seeds"] == [0, 1] and bc["final_mean"] == 200 and bc["final_std"] == 50
     assert bc["change"] == 100 and bc["change_percent"] == pytest.approx(100.0)
     assert bc["best_per_seed"] == [300, 250] and bc["final_speed_mean"] == pytest.approx(1.5)
+    assert bc["wall_time_s_per_seed"] == [1500.0, 2730.0]
     assert bc["curve"] == [
         {"env_steps": 0, "mean": 100.0, "per_seed": [100.0, 100.0]},
         {"env_steps": 500, "mean": 250.0, "per_seed": [300.0, 200.0]},
@@ -51,10 +64,11 @@ def test_rows_average_seeds_and_report_the_change(tmp_path):
     table = summarize.markdown(rows)
     assert (
         "| reinflow (BC) on Hopper-v5 | deterministic | 2 | 1000 | 100 ± 0 | 100 [100, 100] | "
-        "200 ± 50 | 200 [150, 250] | +100 (+100 %) | 150, 250 | 300, 250 | 1.50 |" in table
+        "200 ± 50 | 200 [150, 250] | +100 (+100 %) | 150, 250 | 300, 250 | 1.50 | 25, 46 |" in table
     )
     # One seed: the IQM is its value, and there is no interval.
-    assert "| 10 ± 0 | 10 [n/a] | 20 ± 0 | 20 [n/a] | +10 | 20 | 20 | — |" in table
+    # A run from before wall times were recorded: no wall-time cell.
+    assert "| 10 ± 0 | 10 [n/a] | 20 ± 0 | 20 [n/a] | +10 | 20 | 20 | — | — |" in table
     summarize.plot(groups, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
 

@@ -70,6 +70,7 @@ def pendulum_actor(
     """
     torch.manual_seed(seed)
     env = gym.make("Pendulum-v1")
+    env.observation_space.seed(seed)  # the normalizer's samples: the same actor in every run
     obs_normalizer = (
         Normalizer.gaussian(np.stack([env.observation_space.sample() for _ in range(64)]))
         if gaussian_obs

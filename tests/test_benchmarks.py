@@ -54,7 +54,14 @@ def test_throughput_quick_writes_json_and_table(tmp_path):
     ):
         assert key in result, key
     machine = result["machine"]
-    for key in ("platform", "cpu_count", "torch", "stable_baselines3", "gymnasium"):
+    for key in (
+        "platform",
+        "cpu_count",
+        "torch_cpu_capability",
+        "torch",
+        "stable_baselines3",
+        "gymnasium",
+    ):
         assert key in machine, key
     assert machine["torch_threads"] == 1
     assert result["thread_check"]["threads"] == 1

@@ -23,12 +23,30 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Platform, CPUs, Python, torch, numpy and the versions of ``packages``."""
+    """Platform, CPUs, Python, torch, numpy and the versions of ``packages``.
+
+    ``torch_cpu_capability`` is the vector-unit level torch's CPU kernels dispatch to (e.g.
+    AVX2, AVX512): two machines that differ in it round float32 sums differently in the last
+    bit, so a seeded run is bit-for-bit reproducible only between machines that share it.
+    """
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
         "cpus_available": affinity,

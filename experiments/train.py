@@ -137,6 +137,10 @@ class AlgoConfig:
         bookkeeping = {f.name for f in fields(AlgoConfig)} - {"gamma"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in bookkeeping}
 
+    def pretrained_kwargs(self, pretrained: str | None) -> dict[str, Any]:
+        """Constructor arguments that carry the BC checkpoint (none: it goes to the policy)."""
+        return {}
+
 
 @dataclass
 class OnPolicyConfig(AlgoConfig):
@@ -276,25 +280,71 @@ class PPOConfig(OnPolicyConfig):
     sde_sample_freq: int = -1  # gSDE noise resampling period (-1: per rollout)
 
 
-@register_schema("algo", "sac")
 @dataclass
-class SACConfig(AlgoConfig):
-    """Stable-Baselines3 SAC with a squashed Gaussian policy (the off-policy baseline)."""
+class ReplayConfig(AlgoConfig):
+    """SAC's hyperparameters, shared by the replay-buffer learners (SAC, FlowSAC, DSRL)."""
 
-    _target_: str = "stable_baselines3.SAC"
-    name: str = "sac"
-    policies: list[str] = field(default_factory=lambda: ["gaussian"])
     learning_rate: float = 3e-4  # Adam learning rate (actor, critics, temperature)
     buffer_size: int = 1_000_000  # replay buffer transitions
-    learning_starts: int = 100  # random-action steps before learning
+    learning_starts: int = 100  # env steps before learning (warm-up actions until then)
     batch_size: int = 256  # minibatch size
     tau: float = 0.005  # target-network soft update
     train_freq: int = 1  # env steps between updates
     gradient_steps: int = 1  # gradient steps per update (-1: as many as env steps)
     ent_coef: str = "auto"  # temperature: "auto", "auto_<init>" or a number
     target_update_interval: int = 1  # gradient steps between target updates
-    target_entropy: str = "auto"  # "auto" (-Da) or a number
+    target_entropy: str = "auto"  # "auto" (SAC: -Da) or a number
+
+
+@register_schema("algo", "sac")
+@dataclass
+class SACConfig(ReplayConfig):
+    """Stable-Baselines3 SAC with a squashed Gaussian policy (the off-policy baseline)."""
+
+    _target_: str = "stable_baselines3.SAC"
+    name: str = "sac"
+    policies: list[str] = field(default_factory=lambda: ["gaussian"])
     use_sde: bool = False  # generalized state-dependent exploration
+
+
+@register_schema("algo", "flowsac")
+@dataclass
+class FlowSACConfig(ReplayConfig):
+    """FlowSAC (``flowrl.algos.FlowSAC``): SAC on the noise-injected flow chain.
+
+    ``target_entropy`` is per action dim per Gaussian step of the chain; "auto": the entropy
+    of a step of std sqrt(sigma_min sigma_max).
+    """
+
+    _target_: str = "flowrl.algos.FlowSAC"
+    name: str = "flowsac"
+    policies: list[str] = field(default_factory=lambda: ["flowsac"])
+    critic_warmup_steps: int = 0  # first gradient steps train only the critics (and alpha)
+    bc_coef: float = 0.0  # W2 proxy to the starting flow (0: off)
+    max_grad_norm: float | None = None  # clip of the actor's gradient norm (null: none)
+    warmup: str = "auto"  # actions before learning_starts: policy, uniform or auto
+
+
+@register_schema("algo", "dsrl")
+@dataclass
+class DSRLConfig(SACConfig):
+    """DSRL (``flowrl.algos.DSRL``): SB3's SAC on the latent noise of the frozen BC flow."""
+
+    _target_: str = "flowrl.algos.DSRL"
+    name: str = "dsrl"
+    policies: list[str] = field(default_factory=lambda: ["dsrl"])
+    num_steps: int | None = None  # K of the flow's ODE (null: the actor's)
+    latent_bound: float = 1.5  # b: latents live in [-b, b]^Da (the official configs' 1.5)
+    warmup: str = "gaussian"  # latents before learning_starts: gaussian (the BC's) or uniform
+
+    def pretrained_kwargs(self, pretrained: str | None) -> dict[str, Any]:
+        """The BC flow to steer (``actor=``); DSRL has nothing to train without one."""
+        if pretrained is None:
+            raise ValueError(
+                "algo=dsrl steers a frozen BC flow: pass pretrained=<bc.pt> or add the bc stage "
+                "(stages=[bc,finetune] with a dataset)"
+            )
+        return {"actor": pretrained}
 
 
 # ---------------------------------------------------------------------- policies
@@ -320,6 +370,7 @@ class FlowActorFields:
     depth: int = 3  # residual blocks
     time_dim: int = 32  # time-embedding width
     act: str = "mish"  # activation
+    gated: bool = False  # gated velocity v = g (h - x) (SAC Flow's Flow-G; FlowSAC's option)
 
 
 @dataclass
@@ -367,6 +418,29 @@ class FlowPolicyConfig(FlowPolicyBaseConfig):
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
             "noise_hidden": tuple(self.noise_hidden),
+        }
+
+
+@register_schema("policy", "flowsac")
+@dataclass
+class FlowSACPolicyConfig(FlowPolicyConfig):
+    """FlowSAC's policy (``flowrl.policies.FlowSACPolicy``): the noisy chain + twin Q."""
+
+    kind: str = "flowsac"
+    policy: str = "FlowSACPolicy"
+    squash: str = "auto"  # tanh (with its log-det), clip, or auto: clip if pretrained
+    n_critics: int = 2  # Q-networks (value_hidden are their widths)
+    critic_layer_norm: bool = False  # LayerNorm in the Q-networks
+    value_act: str = "relu"  # activation of the Q-networks
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """σ bounds, noise-net widths, squashing and the critics."""
+        return {
+            **super().noise_kwargs(),
+            "squash": self.squash,
+            "n_critics": self.n_critics,
+            "critic_layer_norm": self.critic_layer_norm,
+            "value_act": self.value_act,
         }
 
 
@@ -437,6 +511,23 @@ class DiffusionPolicyConfig(FlowPolicyBaseConfig):
             "noise_clip": self.noise_clip,
             "prediction": self.prediction,
         }
+
+
+@register_schema("policy", "dsrl")
+@dataclass
+class DSRLPolicyConfig(PolicyConfig):
+    """DSRL's latent policy (``flowrl.algos.dsrl.LatentSACPolicy``): SB3's SAC MlpPolicy on w."""
+
+    kind: str = "dsrl"
+    policy: str = "MlpPolicy"
+    net_arch: list[int] | None = None  # hidden widths; null: SB3's SAC default (256, 256)
+    activation_fn: str | None = None  # torch.nn class name, e.g. Tanh, ReLU; null: ReLU
+
+    def policy_kwargs(self, pretrained: str | None = None) -> dict[str, Any]:
+        """MlpPolicy arguments (the BC flow goes to the algorithm as ``actor=``)."""
+        return GaussianPolicyConfig(
+            net_arch=self.net_arch, activation_fn=self.activation_fn
+        ).policy_kwargs()
 
 
 @register_schema("policy", "gaussian")
@@ -875,11 +966,13 @@ def build_model(cfg: TrainConfig | DictConfig, venv: VecEnv) -> BaseAlgorithm:
         _partial_=True,
         _convert_="all",
     )
+    kind = cfg.algo.pretrained_kwargs(cfg.pretrained)  # e.g. DSRL's actor=
     return make(
         **schedules,
+        **kind,
         policy=cfg.policy.policy,
         env=venv,
-        policy_kwargs=cfg.policy.policy_kwargs(cfg.pretrained),
+        policy_kwargs=cfg.policy.policy_kwargs(None if kind else cfg.pretrained),
         tensorboard_log=str(Path(cfg.output_dir) / "tb"),
         seed=cfg.seed,
         device=cfg.device,
@@ -923,11 +1016,16 @@ ADDED_OPTIONS: dict[str, tuple[Any, str | tuple[str, ...] | None]] = {
     "algo.lr_schedule": ({"kind": "constant", "final_fraction": 0.0}, ("reinflow", "policyflow")),
     "dataset.teacher_norm_obs": (False, None),
     "env.action_chunk": (1, None),
+    "policy.actor.gated": (False, None),
 }
 
 
 def with_added_options(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with the :data:`ADDED_OPTIONS` it lacks filled in (a copy)."""
+    """A saved config with the :data:`ADDED_OPTIONS` it lacks filled in (a copy).
+
+    An option is filled only where its section exists (``policy.actor.gated`` only in configs
+    of policies with a fresh actor's fields).
+    """
     config = json.loads(json.dumps(config))
     for dotted, (value, algo) in ADDED_OPTIONS.items():
         algos = (algo,) if isinstance(algo, str) else algo
@@ -935,9 +1033,10 @@ def with_added_options(config: dict[str, Any]) -> dict[str, Any]:
             continue
         *parents, key = dotted.split(".")
         node = config
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node.setdefault(key, value)
+        for parent in parents:  # a config without the option's section never had it
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(key, value)
     return config
 
 

@@ -151,3 +151,16 @@ def test_mjx_bridge_writes_json_and_table(tmp_path):
     assert set(rates) == {"raw", "bridge_torch", "bridge_torch_numpy", "bridge_vecenv", "gym_sync"}
     assert all(v > 0 for v in rates.values())
     assert "| 8 |" in out.with_suffix(".md").read_text()
+
+
+def test_flowsac_throughput_quick_writes_json_and_table(tmp_path):
+    out = tmp_path / "flowsac_throughput.json"
+    script = ROOT / "experiments" / "benchmarks" / "flowsac_throughput.py"
+    run_script(script, "--quick", "--gated", "--out", str(out), timeout=300)
+    result = json.loads(out.read_text())
+    assert set(result["learners"]) == {"sac", "flowsac", "flowsac_gated"}
+    assert result["ratio_flowsac_over_sac"] > 0
+    for row in result["learners"].values():
+        assert row["env_steps"] == 64 and row["update_s"] > 0
+        assert set(row["breakdown"]) >= {"actor_sample_forward_ms", "gradient_step_ms"}
+    assert "| flowsac |" in out.with_suffix(".md").read_text()

@@ -1,12 +1,15 @@
 """Learners: behaviour cloning and Stable-Baselines3 algorithms for flow policies.
 
-The on-policy learners (ReinFlow, PolicyFlow) share one PPO update,
-:class:`~flowrl.algos.on_policy.OnPolicyCore`.
+The on-policy learners (ReinFlow, PolicyFlow, FPO, DPPO) share one PPO update,
+:class:`~flowrl.algos.on_policy.OnPolicyCore`; the off-policy ones (FlowSAC, DSRL) learn from
+a replay buffer as SB3's SAC does.
 """
 
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.algos.buffers import ChainRolloutBuffer, FieldRolloutBuffer
 from flowrl.algos.dppo import DPPO
+from flowrl.algos.dsrl import DSRL, DSRLTD3, LatentNoiseVecEnv
+from flowrl.algos.flow_sac import FlowSAC
 from flowrl.algos.fpo import FPO
 from flowrl.algos.on_policy import OnPolicyCore
 from flowrl.algos.policyflow import PolicyFlow
@@ -14,10 +17,14 @@ from flowrl.algos.reinflow import ReinFlow
 
 __all__ = [
     "DPPO",
+    "DSRL",
+    "DSRLTD3",
     "FPO",
+    "FlowSAC",
     "BCConfig",
     "ChainRolloutBuffer",
     "FieldRolloutBuffer",
+    "LatentNoiseVecEnv",
     "FlowBC",
     "OnPolicyCore",
     "PolicyFlow",

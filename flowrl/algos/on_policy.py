@@ -20,10 +20,7 @@ TensorBoard record.
 
 from __future__ import annotations
 
-import io
-import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -38,8 +35,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
+from flowrl.algos.common import FlowLearner, check_total_timesteps
 from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
-from flowrl.policies.base import FlowPolicyBase, check_spaces
+from flowrl.policies.base import FlowPolicyBase
 
 __all__ = ["OnPolicyCore", "PolicyTerms", "RolloutStep", "check_on_policy_args", "torch_face"]
 
@@ -159,7 +157,7 @@ class PolicyTerms:
     advantage_weights: Tensor | None = None
 
 
-class OnPolicyCore(OnPolicyAlgorithm):
+class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
     """PPO on a flow policy's per-sample log-ratio: the base of every on-policy learner.
 
     Args:
@@ -359,16 +357,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
     # ================================================================== setup
 
     def _setup_model(self) -> None:
-        self._setup_lr_schedule()
-        self.set_random_seed(self.seed)
-        check_spaces(self.observation_space, self.action_space)
-        self.policy = self._build_policy().to(self.device)
-        # Save/load rebuilds the policy from these arguments and then loads its weights (the
-        # pretrained and reference flows included), so no checkpoint path is needed later.
-        params = self.policy._get_constructor_parameters()
-        for key in ("observation_space", "action_space", "lr_schedule"):
-            params.pop(key, None)
-        self.policy_kwargs = params
+        self._setup_policy()
         self._check_policy()
         self.critic_lr_schedule = FloatSchedule(self.critic_learning_rate)
         self.clip_range = FloatSchedule(self.clip_range)
@@ -391,50 +380,6 @@ class OnPolicyCore(OnPolicyAlgorithm):
 
     def _check_policy(self) -> None:
         """Learner-specific checks of the built policy against the learner's options."""
-
-    def _build_policy(self) -> FlowPolicyBase:
-        """The policy from an instance, a class or an alias; another algorithm's is refused."""
-        base = self.policy_base
-        if isinstance(self.policy_class, base):  # a ready instance was passed
-            if self.policy_kwargs:
-                raise ValueError(f"pass policy_kwargs or a {base.__name__} instance, not both")
-            policy = self.policy_class
-            # Action bounds matter (the policy maps its [-1, 1] box onto them); observation
-            # bounds may legitimately differ (wrappers), their shape may not.
-            if policy.observation_space.shape != self.observation_space.shape or (
-                policy.action_space != self.action_space
-            ):
-                raise ValueError(
-                    f"the policy was built for observations {policy.observation_space.shape} and "
-                    f"actions {policy.action_space}, but the env has "
-                    f"{self.observation_space.shape} and {self.action_space}"
-                )
-            self.policy_class = type(policy)
-            return policy
-        if isinstance(self.policy_class, type) and issubclass(self.policy_class, base):
-            return self.policy_class(
-                self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
-            )
-        name = getattr(self.policy_class, "__name__", type(self.policy_class).__name__)
-        raise ValueError(
-            f"{type(self).__name__} needs a {base.__name__}, got {name}: a checkpoint or policy "
-            "of another algorithm (e.g. PPO's ActorCriticPolicy, or another flowrl learner's "
-            "policy) must be loaded with that algorithm"
-        )
-
-    def _check_observation_normalization(self) -> None:
-        """Warn when observations would be normalized twice (VecNormalize and the actor)."""
-        norm = self.get_vec_normalize_env()
-        obs_norm = self.policy.actor.obs_normalizer
-        own = not (bool((obs_norm.shift == 0).all()) and bool((obs_norm.scale == 1).all()))
-        if norm is not None and norm.norm_obs and own:
-            warnings.warn(
-                "observations are normalized twice: the env is VecNormalize(norm_obs=True) and "
-                "the pretrained actor normalizes observations itself (its normalizer was fitted "
-                "on raw observations), so it sees normalized-twice inputs. Use "
-                "VecNormalize(env, norm_obs=False, norm_reward=True) with a pretrained actor.",
-                stacklevel=3,
-            )
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "policy.critic_optimizer"], []
@@ -815,50 +760,6 @@ class OnPolicyCore(OnPolicyAlgorithm):
         )
         self._record_extra()
 
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfCore],
-        path: str | os.PathLike | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: torch.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfCore:
-        """SB3's ``load``, with errors that name the file and say what is wrong.
-
-        An SB3 ``.zip`` stores some objects pickled (SB3's format): load only files you
-        trust. (flowrl's own resumable checkpoints and BC actors never unpickle.)
-
-        Raises:
-            FileNotFoundError: If neither ``path`` nor ``path + ".zip"`` exists.
-            ValueError: If the file is damaged or truncated, or is not an SB3 checkpoint.
-        """
-        if isinstance(path, (str, os.PathLike)):
-            name = os.fspath(path)
-            if not os.path.isfile(name) and not os.path.isfile(name + ".zip"):
-                raise FileNotFoundError(
-                    f"no {cls.__name__} checkpoint at {name!r} (nor {name}.zip)"
-                )
-        else:
-            name = repr(path)
-        try:
-            return super().load(
-                path,
-                env=env,
-                device=device,
-                custom_objects=custom_objects,
-                print_system_info=print_system_info,
-                force_reset=force_reset,
-                **kwargs,
-            )
-        except (zipfile.BadZipFile, EOFError, AssertionError) as err:
-            raise ValueError(
-                f"{name} is not a readable {cls.__name__} checkpoint: the file is damaged or "
-                f"truncated, or is not an SB3 .zip ({type(err).__name__}: {err})"
-            ) from None
-
     def learn(
         self: SelfCore,
         total_timesteps: int,
@@ -876,11 +777,7 @@ class OnPolicyCore(OnPolicyAlgorithm):
         Raises:
             ValueError: If ``total_timesteps`` is not a positive integer.
         """
-        if not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 1:
-            raise ValueError(
-                f"total_timesteps must be a positive integer (env steps to train), got "
-                f"{total_timesteps!r}"
-            )
+        check_total_timesteps(total_timesteps)
         self._check_observation_normalization()
         return super().learn(
             total_timesteps=total_timesteps,

@@ -115,6 +115,13 @@ class VelocityMLP(nn.Module):
         act: Activation name.
         zero_last: Zero-initialise the output layer.
         max_frequency: Highest angular frequency of the time embeddings.
+        gated: Gated velocity (Flow-G of "SAC Flow", arXiv 2509.25756):
+            ``v = g ⊙ (ĥ − x)`` with a gate ``g = sigmoid(W_g·h)`` ∈ (0, 1) and a candidate
+            ``ĥ`` read out by the output layer, so an Euler step
+            ``x + Δt·v = (1 − Δt·g) ⊙ x + Δt·g ⊙ ĥ`` is a convex, GRU-like update of the state
+            (for Δt ≤ 1) and gradients through K steps stay bounded. The gate starts open
+            (bias ``gate_bias_init``, sigmoid(5) ≈ 0.993) with zero weights.
+        gate_bias_init: Initial bias of the gate's pre-activation.
 
     Shapes:
         t (B,), x (B, x_dim), cond (B, cond_dim), d (B,) → v (B, x_dim).
@@ -131,6 +138,8 @@ class VelocityMLP(nn.Module):
         act: str = "mish",
         zero_last: bool = True,
         max_frequency: float = 32.0,
+        gated: bool = False,
+        gate_bias_init: float = 5.0,
     ):
         super().__init__()
         if x_dim < 1 or cond_dim < 0:
@@ -148,6 +157,11 @@ class VelocityMLP(nn.Module):
         self.output = nn.Linear(width, x_dim)
         if zero_last:
             zero_init_(self.output)
+        self.gated = gated
+        self.gate = nn.Linear(width, x_dim) if gated else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, gate_bias_init)
 
     def forward(
         self, t: Tensor, x: Tensor, cond: Tensor | None = None, d: Tensor | None = None
@@ -180,5 +194,7 @@ class VelocityMLP(nn.Module):
             parts.append(self.step_embedding(d))
         elif d is not None:
             raise ValueError("this network has no step-size input (step_size_input=False)")
-        h = self.input(torch.cat(parts, dim=-1))
-        return self.output(self.norm(self.blocks(h)))
+        h = self.norm(self.blocks(self.input(torch.cat(parts, dim=-1))))
+        if self.gate is None:
+            return self.output(h)
+        return torch.sigmoid(self.gate(h)) * (self.output(h) - x)

@@ -4,6 +4,7 @@ from flowrl.policies.base import FlowPolicyBase, check_spaces
 from flowrl.policies.diffusion import DiffusionActor, DiffusionPolicy
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 from flowrl.policies.flow_policy import FlowPolicy
+from flowrl.policies.flow_sac import FlowSACPolicy
 from flowrl.policies.fpo import FPOPolicy
 from flowrl.policies.policyflow import PolicyFlowPolicy
 
@@ -15,6 +16,7 @@ __all__ = [
     "FlowActorConfig",
     "FlowPolicy",
     "FlowPolicyBase",
+    "FlowSACPolicy",
     "PolicyFlowPolicy",
     "check_spaces",
 ]

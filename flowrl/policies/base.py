@@ -277,8 +277,8 @@ class FlowPolicyBase(BasePolicy):
             ``PPO.load`` is refused with a message naming the right loader.
 
     Subclasses build their noise model in :meth:`_build_noise` (called after the actor and
-    before the value network) and list the actor side's parameters in
-    :meth:`_actor_parameters`.
+    before the critic) and list the actor side's parameters in :meth:`_actor_parameters`;
+    :meth:`_build_critic` makes the value network (an off-policy policy builds Q-critics).
 
     Raises:
         ValueError: For spaces flow policies cannot act in, a negative ``initial_std``, a bad
@@ -288,6 +288,9 @@ class FlowPolicyBase(BasePolicy):
         FileNotFoundError: If ``pretrained`` names a file that does not exist.
         TypeError: If ``pretrained`` is neither a :class:`FlowActor` nor a path.
     """
+
+    #: Whether the critic is off-policy (Q-critics of a replay-buffer learner) or a value net.
+    off_policy: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -342,16 +345,28 @@ class FlowPolicyBase(BasePolicy):
         time_grid(self.num_steps)  # validates K early
         self.actor.check_num_steps(self.num_steps)  # a shortcut actor's trained K only
         self._build_noise(obs_dim, action_dim)
-        self.value_net = MLP(obs_dim, 1, value_hidden, act=value_act)
         self.value_hidden = tuple(value_hidden)
         self.value_act = value_act
+        self._build_critic(obs_dim, action_dim)
         self.optimizer = self.optimizer_class(
             self._actor_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
         # The learner sets the critic's learning rate (it may differ from the actor's).
         self.critic_optimizer = self.optimizer_class(
-            self.value_net.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+            self._critic_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
+
+    def _build_critic(self, obs_dim: int, action_dim: int) -> None:
+        """Create the critic: a value network V(o) of ``value_hidden`` (on-policy learners).
+
+        Off-policy policies override it with action-value critics (see
+        :class:`~flowrl.policies.FlowSACPolicy`).
+        """
+        self.value_net = MLP(obs_dim, 1, self.value_hidden, act=self.value_act)
+
+    def _critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters the critic optimizer steps."""
+        return list(self.value_net.parameters())
 
     def _build_noise(self, obs_dim: int, action_dim: int) -> None:
         """Create the noise model's modules (subclasses)."""

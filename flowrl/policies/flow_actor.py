@@ -45,6 +45,10 @@ class FlowActorConfig:
         shortcut: Train and sample as a shortcut model (step-size-conditioned).
         shortcut_max_steps: M, the finest shortcut step is 1/M (power of two).
         shortcut_bootstrap_fraction: Fraction of each batch used for self-consistency.
+        gated: Gated velocity ``v = g ⊙ (ĥ − x)`` (Flow-G, arXiv 2509.25756; see
+            :class:`~flowrl.nets.mlp.VelocityMLP`): each Euler step is a convex update of the
+            action, which keeps gradients through a K-step chain bounded (FlowSAC's option).
+            BC trains it like any velocity net.
     """
 
     obs_dim: int
@@ -58,6 +62,7 @@ class FlowActorConfig:
     shortcut: bool = False
     shortcut_max_steps: int = 128
     shortcut_bootstrap_fraction: float = 0.25
+    gated: bool = False
 
     def __post_init__(self) -> None:
         if self.obs_dim < 0 or self.action_dim < 1:
@@ -123,6 +128,7 @@ class FlowActor(nn.Module):
             time_dim=config.time_dim,
             step_size_input=config.shortcut,
             act=config.act,
+            gated=config.gated,
         )
 
     # ------------------------------------------------------------------ network face

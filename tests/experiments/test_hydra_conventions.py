@@ -154,8 +154,8 @@ def test_help_lists_train_groups_only():
     assert done.returncode == 0, done.stderr[-3000:]
     groups = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     for line in (
-        "algo: dppo, fpo, fpo_pp, policyflow, ppo, reinflow, sac",
-        "policy: diffusion, flow, fpo, gaussian, policyflow",
+        "algo: dppo, dsrl, flowsac, fpo, fpo_pp, policyflow, ppo, reinflow, sac",
+        "policy: diffusion, dsrl, flow, flowsac, fpo, gaussian, policyflow",
         "experiment: hopper_h2h, hopper_medium_1m,",
         "recipe: reinflow_mujoco",
     ):

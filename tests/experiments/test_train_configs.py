@@ -17,7 +17,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.sac.policies import SACPolicy
 
-from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, DSRL, FPO, FlowSAC, PolicyFlow, ReinFlow
+from flowrl.algos.dsrl import LatentSACPolicy
 from flowrl.data import Normalizer
 from flowrl.policies import (
     DiffusionActor,
@@ -25,6 +26,7 @@ from flowrl.policies import (
     FlowActor,
     FlowActorConfig,
     FlowPolicy,
+    FlowSACPolicy,
     FPOPolicy,
     PolicyFlowPolicy,
 )
@@ -43,10 +45,12 @@ ALGOS = {
     "dppo": (DPPO, DiffusionPolicy),
     "ppo": (PPO, ActorCriticPolicy),
     "sac": (SAC, SACPolicy),
+    "flowsac": (FlowSAC, FlowSACPolicy),
+    "dsrl": (DSRL, LatentSACPolicy),
 }
 ENVS = sorted(path.stem for path in (ROOT / "configs" / "env").glob("*.yaml"))
 # Small enough that building costs nothing; SAC would otherwise reserve 1M transitions.
-CHEAP = {"sac": ["algo.buffer_size=1000"]}
+CHEAP = {name: ["algo.buffer_size=1000"] for name in ("sac", "flowsac", "dsrl")}
 
 TINY_REINFLOW = [
     "algo=reinflow",
@@ -82,12 +86,26 @@ def test_env_groups_cover_the_design():
 
 @pytest.mark.parametrize("env", ENVS)
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_every_algo_builds_on_every_env(algo, env):
-    cfg = TRAIN.as_train_config(config(f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])))
+def test_every_algo_builds_on_every_env(algo, env, tmp_path):
+    overrides = [f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])]
+    if algo == "dsrl":  # DSRL steers a BC flow: a small one for this env's spaces
+        raw = TRAIN.as_train_config(config(f"env={env}"))
+        spec = TRAIN.make_vec_env_from_config(raw.env, 1, 0, 0.99)
+        low, high = spec.action_space.low, spec.action_space.high
+        obs_dim, action_dim = spec.observation_space.shape[0], spec.action_space.shape[0]
+        spec.close()
+        FlowActor(
+            FlowActorConfig(obs_dim=obs_dim, action_dim=action_dim, width=16, depth=1),
+            Normalizer.identity(obs_dim),
+            Normalizer.box(low, high),
+        ).save(tmp_path / "bc.pt")
+        overrides.append(f"pretrained={tmp_path / 'bc.pt'}")
+    cfg = TRAIN.as_train_config(config(*overrides))
     algo_class, policy_class = ALGOS[algo]
     # No policy named: each algo brings its natural one.
     natural = {"reinflow": "flow", "policyflow": "policyflow", "fpo": "fpo", "fpo_pp": "fpo"}
-    assert cfg.policy.kind == {**natural, "dppo": "diffusion"}.get(algo, "gaussian")
+    natural.update(dppo="diffusion", flowsac="flowsac", dsrl="dsrl")
+    assert cfg.policy.kind == natural.get(algo, "gaussian")
     assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
     venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
     try:

@@ -163,6 +163,81 @@ def test_a_batch_that_does_not_divide_the_rollout_warns_as_sb3_does(learner):
         build(learner, algo_change={"n_steps": 16, "batch_size": 8})
 
 
+# ---------------------------------------------------------------------- off-policy learners
+
+# Constructor arguments of the replay-buffer learners (FlowSAC's checks).
+OFF_POLICY_ARGS = [
+    Bad("tau_zero", {"tau": 0.0}, ValueError, r"tau \(the Polyak coefficient\) must lie in"),
+    Bad("tau_above_one", {"tau": 1.5}, ValueError, r"tau .* got 1.5"),
+    Bad("gamma_zero", {"gamma": 0.0}, ValueError, r"gamma \(the discount\) must lie in \(0, 1\]"),
+    Bad("batch_size_zero", {"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1"),
+    Bad("buffer_size_zero", {"buffer_size": 0}, ValueError, r"buffer_size must be an integer"),
+    Bad("learning_starts_negative", {"learning_starts": -1}, ValueError, r"learning_starts"),
+    Bad("gradient_steps_zero", {"gradient_steps": 0}, ValueError, r"gradient_steps must be >= 1"),
+    Bad("learning_rate_zero", {"learning_rate": 0.0}, ValueError, r"learning_rate must be > 0"),
+    Bad("target_interval_zero", {"target_update_interval": 0}, ValueError, r"target_update"),
+    Bad("ent_coef_word", {"ent_coef": "automatic"}, ValueError, r"ent_coef must be 'auto'"),
+    Bad("ent_coef_auto_zero", {"ent_coef": "auto_0"}, ValueError, r"ent_coef must be 'auto'"),
+    Bad("ent_coef_negative", {"ent_coef": -0.1}, ValueError, r"ent_coef must be >= 0"),
+    Bad("target_entropy_word", {"target_entropy": "high"}, ValueError, r"target_entropy must be"),
+    Bad("target_entropy_nan", {"target_entropy": float("nan")}, ValueError, r"finite"),
+    Bad("bc_coef_negative", {"bc_coef": -1.0}, ValueError, r"bc_coef must be >= 0"),
+    Bad("max_grad_norm_zero", {"max_grad_norm": 0.0}, ValueError, r"max_grad_norm must be > 0"),
+    Bad("warmup_unknown", {"warmup": "random"}, ValueError, r"warmup must be one of"),
+]
+
+OFF_POLICY_POLICY_ARGS = [
+    *POLICY_ARGS,
+    Bad("squash_unknown", {"squash": "sigmoid"}, ValueError, r"squash must be one of"),
+    Bad("n_critics_zero", {"n_critics": 0}, ValueError, r"n_critics must be a positive integer"),
+]
+
+
+def build_flowsac(algo_change=None, policy_change=None):
+    from flowrl.algos import FlowSAC
+
+    policy_kwargs = dict(num_steps=2, actor_config=dict(width=16, depth=1), value_hidden=(16,))
+    policy_kwargs.update(policy_change or {})
+    return FlowSAC(
+        "FlowSACPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs, seed=0, **(algo_change or {})
+    )
+
+
+@pytest.mark.parametrize("bad", OFF_POLICY_ARGS, ids=lambda b: b.name)
+def test_flowsac_arguments(bad):
+    with pytest.raises(bad.error, match=bad.match):
+        build_flowsac(algo_change=bad.change)
+
+
+@pytest.mark.parametrize("bad", OFF_POLICY_POLICY_ARGS, ids=lambda b: b.name)
+def test_flowsac_policy_arguments(bad, tmp_path):
+    change = dict(bad.change)
+    if "pretrained" in change:
+        change["pretrained"] = policy_file(change["pretrained"], tmp_path)
+    with pytest.raises(bad.error, match=bad.match):
+        if "pretrained" in change:  # the actor comes from the file
+            from flowrl.algos import FlowSAC
+
+            FlowSAC("FlowSACPolicy", "Pendulum-v1", policy_kwargs=change)
+        else:
+            build_flowsac(policy_change=change)
+
+
+@pytest.mark.parametrize("bad", LEARN_ARGS, ids=lambda b: b.name)
+def test_flowsac_learn_arguments(bad):
+    model = build_flowsac()
+    with pytest.raises(bad.error, match=bad.match):
+        model.learn(**bad.change)
+    assert model.num_timesteps == 0
+
+
+def test_flowsac_refuses_discrete_actions_and_image_observations():
+    from flowrl.algos import FlowSAC
+
+    with pytest.raises(ValueError, match=r"continuous 1-D Box action space"):
+        FlowSAC("FlowSACPolicy", "CartPole-v1")
+
+
 # ---------------------------------------------------------------------- the pipeline
 
 TINY = [

@@ -207,6 +207,77 @@ def test_finetuning_stopped_by_ctrl_c_resumes_exactly_where_it_saved(tmp_path, m
     assert not (out / "checkpoint.pt").exists()
 
 
+# ---------------------------------------------------------------------- off-policy flow learners
+
+OFF_POLICY_TINY = [
+    "env=pendulum",
+    "env.max_episode_steps=50",
+    "total_timesteps=512",
+    "algo.learning_starts=64",
+    "algo.batch_size=32",
+    "eval.freq=128",
+    "eval.episodes=1",
+    "checkpoint.finetune_steps=128",
+    "progress_bar=false",
+]
+OFF_POLICY_NETS = {
+    "flowsac": [
+        "policy.actor.width=16",
+        "policy.actor.depth=1",
+        "policy.noise_hidden=[8]",
+        "policy.value_hidden=[16]",
+    ],
+    "dsrl": ["policy.net_arch=[16]"],  # and a BC actor to steer (pretrained=)
+}
+
+
+@pytest.mark.parametrize("algo", ["flowsac", "dsrl"])
+def test_off_policy_finetuning_stopped_by_ctrl_c_resumes_with_its_replay_buffer(
+    tmp_path, monkeypatch, algo
+):
+    """train.py's FlowSAC and DSRL runs: Ctrl-C writes the state now (replay buffer
+    included), and the rerun of the same config resumes from it and finishes one curve."""
+    from learner_helpers import pendulum_actor
+
+    out = tmp_path / "run"
+    overrides = [*OFF_POLICY_TINY, *OFF_POLICY_NETS[algo], f"algo={algo}", f"output_dir={out}"]
+    if algo == "dsrl":
+        pendulum_actor().save(tmp_path / "bc.pt")
+        overrides.append(f"pretrained={tmp_path / 'bc.pt'}")
+    cfg = TRAIN.compose_config(*overrides)
+    built = []
+    build = TRAIN.build_model
+    monkeypatch.setattr(TRAIN, "build_model", lambda *a: built.append(build(*a)) or built[-1])
+    evaluate = LearningCurveCallback.evaluate
+
+    def evaluate_then_signal(self):
+        row = evaluate(self)
+        if self.model.num_timesteps >= 300:
+            os.kill(os.getpid(), signal.SIGINT)
+        return row
+
+    monkeypatch.setattr(LearningCurveCallback, "evaluate", evaluate_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        TRAIN.train(cfg)
+    live = built[-1]
+    state = TrainingCheckpoint(out / "checkpoint.pt", save_freq=0).load()
+    assert state["counters"]["num_timesteps"] == live.num_timesteps == 384
+    nested_equal(state["parameters"], live.get_parameters())
+    buffer = state["replay_buffer"]
+    # SB3 stores a step's transition after that step's callbacks, and the Ctrl-C landed in
+    # one (the evaluation): the buffer holds every transition but that step's.
+    assert buffer["pos"] == live.replay_buffer.pos == 383
+    np.testing.assert_array_equal(buffer["actions"].numpy(), live.replay_buffer.actions[:383])
+    assert not [p for p in out.rglob("*") if PARTIAL.search(p.name)]
+
+    monkeypatch.setattr(LearningCurveCallback, "evaluate", evaluate)
+    results = TRAIN.train(cfg)
+    steps = [row["timesteps"] for row in results["curve"]]
+    assert steps[0] == 0 and steps[-1] == 512 and steps == sorted(set(steps))
+    assert results["timesteps"] == 512
+    assert not (out / "checkpoint.pt").exists()
+
+
 # ---------------------------------------------------------------------- the real entry point
 
 PIPELINE = [

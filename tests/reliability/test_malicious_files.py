@@ -55,6 +55,12 @@ def pretrained(name: str) -> Callable[[Path, Path], Callable[[], Any]]:
     return make
 
 
+def flowsac_pretrained(path: Path, tmp: Path) -> Callable[[], Any]:
+    from flowrl.algos import FlowSAC
+
+    return lambda: FlowSAC("FlowSACPolicy", "Pendulum-v1", policy_kwargs={"pretrained": str(path)})
+
+
 def bc_load_checkpoint(path: Path, tmp: Path) -> Callable[[], Any]:
     return lambda: FlowBC.load_checkpoint(path, small_dataset())
 
@@ -107,6 +113,7 @@ def teacher_resume(path: Path, tmp: Path) -> Callable[[], Any]:
 LOADERS = [
     ("FlowActor.load", "bc.pt", actor_load),
     *[(f"{name}(pretrained=)", "bc.pt", pretrained(name)) for name in sorted(LEARNERS)],
+    ("flowsac(pretrained=)", "bc.pt", flowsac_pretrained),
     ("FlowBC.load_checkpoint", "trainer.ckpt", bc_load_checkpoint),
     ("TrainingCheckpoint.load", "checkpoint.pt", training_checkpoint),
     ("load_checkpoint_file", "any.pt", any_checkpoint_file),

@@ -68,12 +68,13 @@ class FlowSACPolicy(FlowPolicy):
         squash: ``"tanh"``, ``"clip"`` or ``"auto"`` (see the module docstring).
         n_critics: Number of Q-networks (2: clipped double Q).
         critic_layer_norm: LayerNorm after every hidden layer of the critics.
-        value_hidden: Hidden widths of each Q-network (default 256, 256, as SB3's SAC).
         value_act: Activation of the Q-networks (default ReLU, as SB3's SAC).
-        **kwargs: :class:`~flowrl.policies.FlowPolicy`'s arguments (``pretrained``,
-            ``actor_config``, ``num_steps``, ``initial_std``, ``sigma_min``, ``sigma_max``,
-            ``noise_hidden``, ``optimizer_class``, ``optimizer_kwargs``, ``net_arch``
-            (``pi``: the velocity net, ``qf``: the critics), ``activation_fn``).
+        net_arch: SB3's ``net_arch``: ``pi`` the velocity net, ``qf`` (or ``vf``) the critics.
+        **kwargs: :class:`~flowrl.policies.FlowPolicy`'s arguments (``value_hidden``: the
+            hidden widths of each Q-network, default 256, 256 as SB3's SAC; ``pretrained``,
+            ``actor_config``, ``num_steps``, ``initial_std``, ``sigma_min``,
+            ``sigma_max``, ``noise_hidden``, ``optimizer_class``, ``optimizer_kwargs``,
+            ``activation_fn``).
 
     Raises:
         ValueError: For an unknown ``squash``, ``n_critics < 1``, and everything

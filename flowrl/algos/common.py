@@ -62,6 +62,39 @@ class FlowLearner:
             and policy_class.off_policy == self.policy_base.off_policy
         )
 
+    #: SB3's default of ``learn``'s ``log_interval`` for the learner's kind (rollouts for
+    #: on-policy learners, episodes for off-policy ones).
+    default_log_interval: ClassVar[int] = 1
+
+    def learn(
+        self: SelfLearner,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int | None = None,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfLearner:
+        """Train for ``total_timesteps`` env steps (SB3's ``learn``).
+
+        The TensorBoard run is named after the learner (``"ReinFlow"``, ``"FlowSAC"``)
+        unless ``tb_log_name`` says otherwise; ``log_interval`` defaults to SB3's for the
+        learner's kind.
+
+        Raises:
+            ValueError: If ``total_timesteps`` is not a positive integer.
+        """
+        check_total_timesteps(total_timesteps)
+        self._check_observation_normalization()
+        return super().learn(  # type: ignore[misc]
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=self.default_log_interval if log_interval is None else log_interval,
+            tb_log_name=tb_log_name or type(self).__name__,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
     def _setup_policy(self) -> None:
         """Learning-rate schedule, seeds, the policy, and ``policy_kwargs`` to rebuild it.
 

@@ -41,7 +41,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch import Tensor
 from torch.nn import functional as F
 
-from flowrl.algos.common import FlowLearner, check_total_timesteps
+from flowrl.algos.common import FlowLearner
 from flowrl.policies.flow_sac import FlowSACPolicy
 
 __all__ = ["WARMUPS", "FlowSAC"]
@@ -100,6 +100,7 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
     policy: FlowSACPolicy
     policy_base = FlowSACPolicy
     replay_buffer: ReplayBuffer
+    default_log_interval = 4  # episodes (SB3's SAC)
 
     def __init__(
         self,
@@ -366,31 +367,6 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
         self.logger.record("flow/gated", int(self.policy.actor.config.gated))
 
     # ================================================================== SB3 plumbing
-
-    def learn(
-        self,
-        total_timesteps: int,
-        callback: Any = None,
-        log_interval: int = 4,
-        tb_log_name: str = "FlowSAC",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> FlowSAC:
-        """Train for ``total_timesteps`` env steps (SB3's ``learn``).
-
-        Raises:
-            ValueError: If ``total_timesteps`` is not a positive integer.
-        """
-        check_total_timesteps(total_timesteps)
-        self._check_observation_normalization()
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "log_ent_coef", "ent_coef_tensor"]

@@ -35,7 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
-from flowrl.algos.common import FlowLearner, check_total_timesteps
+from flowrl.algos.common import FlowLearner
 from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
 from flowrl.policies.base import FlowPolicyBase
 
@@ -759,31 +759,3 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             "train/critic_warmup", float(self._updates_done <= self.critic_warmup_updates)
         )
         self._record_extra()
-
-    def learn(
-        self: SelfCore,
-        total_timesteps: int,
-        callback: Any = None,
-        log_interval: int = 1,
-        tb_log_name: str | None = None,
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfCore:
-        """Train for ``total_timesteps`` env steps (SB3's ``learn``).
-
-        The TensorBoard run is named after the learner (``"ReinFlow"``, ``"PolicyFlow"``)
-        unless ``tb_log_name`` says otherwise.
-
-        Raises:
-            ValueError: If ``total_timesteps`` is not a positive integer.
-        """
-        check_total_timesteps(total_timesteps)
-        self._check_observation_normalization()
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name or type(self).__name__,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

@@ -301,16 +301,20 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
             current_q = policy.q_values(data.observations, data.actions)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
 
-            policy.critic.requires_grad_(False)  # the actor's loss reaches no critic
-            q_pi = policy.q_values(data.observations, actions_pi).min(dim=0).values
-            policy.critic.requires_grad_(True)
-            actor_loss = (alpha * log_prob.float() - q_pi).mean()
-            bc = (
-                policy.bc_regularizer(data.observations).mean()
-                if self.bc_coef > 0
-                else actor_loss.new_zeros(())
-            )
-            actor_loss = actor_loss + self.bc_coef * bc
+            # During the critic warm-up the actor's loss is neither needed nor computed.
+            actor_on = self._n_updates + step >= self.critic_warmup_steps
+            actor_loss = bc = None
+            if actor_on:
+                policy.critic.requires_grad_(False)  # the actor's loss reaches no critic
+                q_pi = policy.q_values(data.observations, actions_pi).min(dim=0).values
+                policy.critic.requires_grad_(True)
+                actor_loss = (alpha * log_prob.float() - q_pi).mean()
+                bc = (
+                    policy.bc_regularizer(data.observations).mean()
+                    if self.bc_coef > 0
+                    else actor_loss.new_zeros(())
+                )
+                actor_loss = actor_loss + self.bc_coef * bc
             _refuse_non_finite(
                 critic=critic_loss, actor=actor_loss, ent_coef=alpha_loss, learner=self
             )
@@ -323,8 +327,7 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
                 alpha_loss.backward()
                 stats["ent_coef_loss"].append(alpha_loss.item())
             critic_loss.backward()  # type: ignore[union-attr]
-            actor_on = self._n_updates + step >= self.critic_warmup_steps
-            if actor_on:
+            if actor_loss is not None:
                 actor_loss.backward()
             clip = self.max_grad_norm if self.max_grad_norm is not None else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(actor_params, clip)
@@ -337,10 +340,11 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
                     policy.critic.parameters(), policy.critic_target.parameters(), self.tau
                 )
             stats["critic"].append(critic_loss.item())  # type: ignore[union-attr]
-            stats["actor"].append(actor_loss.item())
+            if actor_loss is not None and bc is not None:
+                stats["actor"].append(actor_loss.item())
+                stats["bc"].append(bc.item())
             stats["ent_coef"].append(float(alpha))
             stats["log_prob"].append(float(log_prob.detach().mean()))
-            stats["bc"].append(bc.item())
             stats["grad_norm"].append(float(grad_norm))
             stats["q"].append(float(current_q.detach().mean()))
         self._n_updates += gradient_steps

@@ -334,3 +334,19 @@ def test_flowsac_learns_pendulum_from_scratch():
     mean, _ = evaluate_policy(model, env, n_eval_episodes=10, deterministic=True)
     print(f"FlowSAC Pendulum-v1, 10k steps: {mean:.0f}")
     assert mean > -400, mean
+
+
+def test_critic_warmup_trains_only_the_critics_then_the_actor():
+    model = _model(learning_starts=32, critic_warmup_steps=3)
+    model.learn(33)  # one gradient step
+    actor = [p.detach().clone() for p in model.policy.optimizer.param_groups[0]["params"]]
+    critic = [p.detach().clone() for p in model.policy.critic.parameters()]
+    model.train(gradient_steps=2, batch_size=16)  # steps 2 and 3 of the warm-up
+    params = model.policy.optimizer.param_groups[0]["params"]
+    assert all(torch.equal(a, p) for a, p in zip(actor, params, strict=True))
+    assert any(
+        not torch.equal(a, p) for a, p in zip(critic, model.policy.critic.parameters(), strict=True)
+    )
+    assert math.isnan(model.logger.name_to_value["train/actor_loss"])
+    model.train(gradient_steps=1, batch_size=16)  # past the warm-up
+    assert any(not torch.equal(a, p) for a, p in zip(actor, params, strict=True))

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	# a .venv made before the distribution was renamed holds this package as "flowrl"
 	$(BIN)/python -m pip uninstall -y -q flowrl 2>/dev/null || true
-	$(BIN)/python -m pip install -e ".[dev,pipeline,video,kernels,mjx]"
+	$(BIN)/python -m pip install -e ".[dev,pipeline,video,kernels,mjx,mazes]"
 	touch $(STAMP)
 
 demo: $(STAMP)

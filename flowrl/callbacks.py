@@ -1,4 +1,8 @@
-"""Stable-Baselines3 callbacks: a learning curve from periodic evaluations.
+"""Stable-Baselines3 callbacks: a learning curve from periodic evaluations, maze coverage.
+
+* :class:`LearningCurveCallback`: evaluates the policy on a separate env periodically;
+* :class:`CoverageCallback`: how much of a PointMaze the training envs have visited
+  (:func:`flowrl.envs.maze.maze_coverage` of every ``info["xy"]``), for exploration.
 
     curve = LearningCurveCallback(make_vec_env("Hopper-v5", seed=1000), eval_freq=10_000)
     model.learn(1_000_000, callback=curve)
@@ -10,16 +14,21 @@ With ``best_model_path="best_model.zip"`` it also keeps the model of the best ev
 Works with any SB3 algorithm (ReinFlow, PPO, SAC, …): evaluation goes through
 ``model.predict``, so a flow policy is scored both on its deterministic ODE and on its
 noisy chain.
+
+    coverage = CoverageCallback("medium", log_freq=10_000)   # on flowrl/PointMaze-Medium-v0
+    model.learn(1_000_000, callback=[curve, coverage])
+    coverage.save_json("coverage.json")  # share of cells visited and visit entropy over time
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -28,7 +37,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
-__all__ = ["LearningCurveCallback"]
+if TYPE_CHECKING:
+    from flowrl.envs.maze import MazeLayout
+
+__all__ = ["CoverageCallback", "LearningCurveCallback"]
 
 
 class LearningCurveCallback(BaseCallback):
@@ -296,3 +308,177 @@ class LearningCurveCallback(BaseCallback):
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.curve)
+
+
+class CoverageCallback(BaseCallback):
+    """Track how much of a maze the training envs visit: share of cells and visit entropy.
+
+    At every step it reads the position of each training env from ``info["xy"]`` (flowrl's
+    PointMaze envs put it there: :func:`flowrl.envs.maze.make_point_maze`) and counts it in
+    its maze cell; at the end of an episode SB3's ``infos`` still hold the info of the last
+    step, so that position counts too (a reset position is not in any info and does not).
+    Every ``log_freq`` env steps (SB3's ``num_timesteps``, all envs together) and at the end
+    of training it appends a row to :attr:`history`:
+
+    * ``timesteps``: ``num_timesteps``;
+    * ``cells``: share of the free cells visited so far;
+    * ``entropy``: entropy (nats) of the visits over the free cells;
+    * ``entropy_normalized``: that entropy over log(number of free cells), in [0, 1];
+
+    and records the last three in SB3's logger under ``coverage/`` (written with the
+    algorithm's own logs). The numbers are those of :func:`flowrl.envs.maze.maze_coverage` of
+    every position so far (kept as a running histogram, so a row costs no pass over them).
+
+    Args:
+        maze: The maze of the training envs, by name (``"umaze"``, ``"medium"``,
+            ``"large"``) or layout.
+        log_freq: Env steps between rows of the history.
+        keep_points: Keep every position (:meth:`points`, e.g. for
+            :func:`flowrl.envs.maze.plot_visits`): 16 bytes per env step; False keeps only
+            the histogram.
+        verbose: 0 silent, 1 one line per row.
+
+    Raises:
+        ValueError: For an unknown maze or ``log_freq`` below 1.
+    """
+
+    _CHUNK = 65_536  # rows of the first position buffer; it doubles when full
+
+    def __init__(
+        self,
+        maze: str | MazeLayout,
+        log_freq: int = 1000,
+        keep_points: bool = True,
+        verbose: int = 0,
+    ):
+        super().__init__(verbose=verbose)
+        from flowrl.envs.maze import maze_layout
+
+        if log_freq < 1:
+            raise ValueError(f"log_freq must be >= 1 env step, got {log_freq}")
+        self.layout = maze_layout(maze)
+        self.log_freq = int(log_freq)
+        self.keep_points = keep_points
+        self.history: list[dict[str, float]] = []
+        self._counts = np.zeros(self.layout.shape, dtype=np.int64)  # every cell, walls too
+        self._points = np.empty((0, 2), dtype=np.float64)
+        self._num_points = 0
+        self._next_log = self.log_freq
+        self._last_log_step: int | None = None
+
+    # ------------------------------------------------------------------ SB3 hooks
+
+    def _on_training_start(self) -> None:
+        self._next_log = (self.model.num_timesteps // self.log_freq + 1) * self.log_freq
+
+    def _on_step(self) -> bool:
+        infos = self.locals.get("infos", [])
+        if infos:
+            self._add(np.stack([self._position(info) for info in infos]))
+        if self.num_timesteps >= self._next_log:
+            self.log_row()
+            self._next_log = (self.num_timesteps // self.log_freq + 1) * self.log_freq
+        return True
+
+    def _on_training_end(self) -> None:
+        # The history always ends at the last step, even between two logging points.
+        if self._last_log_step != self.model.num_timesteps:
+            self.log_row()
+
+    @staticmethod
+    def _position(info: dict[str, Any]) -> np.ndarray:
+        try:
+            xy = info["xy"]
+        except KeyError:
+            raise KeyError(
+                'CoverageCallback needs the agent\'s position in info["xy"] at every step, as '
+                "flowrl's PointMaze envs report it (flowrl.envs.maze.make_point_maze, "
+                f"flowrl/PointMaze-*-v0); this env's info has only {sorted(info)}"
+            ) from None
+        return np.asarray(xy, dtype=np.float64).reshape(2)
+
+    def _add(self, xy: np.ndarray) -> None:
+        """Count positions (n, 2) in the histogram and, with ``keep_points``, keep them."""
+        rows, cols = self.layout.cell_of(xy)
+        np.add.at(self._counts, (rows, cols), 1)
+        if not self.keep_points:
+            self._num_points += len(xy)
+            return
+        end = self._num_points + len(xy)
+        if end > len(self._points):
+            grown = np.empty((max(2 * len(self._points), self._CHUNK, end), 2), np.float64)
+            grown[: self._num_points] = self._points[: self._num_points]
+            self._points = grown
+        self._points[self._num_points : end] = xy
+        self._num_points = end
+
+    # ------------------------------------------------------------------ results
+
+    def log_row(self) -> dict[str, float]:
+        """Append the current coverage to :attr:`history` and record it in SB3's logger.
+
+        Returns:
+            The row (see the class docstring for its keys).
+        """
+        stats = self.coverage()
+        steps = int(self.num_timesteps)
+        row: dict[str, float] = {
+            "timesteps": steps,
+            "cells": stats["cells"],
+            "entropy": stats["entropy"],
+            "entropy_normalized": stats["entropy_normalized"],
+        }
+        self.history.append(row)
+        self._last_log_step = steps
+        for key in ("cells", "entropy", "entropy_normalized"):
+            self.logger.record(f"coverage/{key}", row[key])
+        if self.verbose >= 1:
+            print(
+                f"coverage at {steps} steps: {row['cells']:.0%} of cells, "
+                f"entropy {row['entropy']:.3f} nats ({row['entropy_normalized']:.2f} of max)"
+            )
+        return row
+
+    def coverage(self) -> dict[str, Any]:
+        """The coverage of every position so far.
+
+        Returns:
+            The dict of :func:`flowrl.envs.maze.maze_coverage` (``cells``, ``entropy``,
+            ``entropy_normalized``, ``visits``, ``wall_visits``).
+        """
+        from flowrl.envs.maze import coverage_from_visits
+
+        return coverage_from_visits(self._counts, self.layout)
+
+    @property
+    def num_points(self) -> int:
+        """Positions counted so far (env steps of all training envs)."""
+        return self._num_points
+
+    def points(self) -> np.ndarray:
+        """Every position so far, in the order seen (at one step, env 0 first).
+
+        Returns:
+            A (N, 2) float64 copy.
+
+        Raises:
+            RuntimeError: If the callback was made with ``keep_points=False``.
+        """
+        if not self.keep_points:
+            raise RuntimeError("positions are not kept: make the callback with keep_points=True")
+        return self._points[: self._num_points].copy()
+
+    def save_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the history as JSON: ``{"maze", "num_free_cells", "log_freq", "history"}``.
+
+        ``history`` is the list of rows (see the class docstring).
+        """
+        data = {
+            "maze": self.layout.name,
+            "num_free_cells": self.layout.num_free,
+            "log_freq": self.log_freq,
+            "history": self.history,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)

@@ -1,6 +1,7 @@
-"""Offline stages of the experiment pipeline: make a dataset, then behaviour-clone a flow.
+"""Pretraining stages of the experiment pipeline: a dataset and BC, or reward-free exploration.
 
-Used by ``experiments/train.py`` (``stages=[dataset,bc,finetune]``). Each stage writes into
+Used by ``experiments/train.py`` (``stages=[dataset,bc,finetune]`` or
+``stages=[explore,finetune]``). Each stage writes into
 its own folder with a ``stage.json`` of the settings it ran with; a folder that already holds
 the stage's output for the same settings is reused (so an interrupted pipeline continues
 where it stopped, and fine-tuning seeds share one dataset and one BC actor), and one made
@@ -12,16 +13,24 @@ with other settings is refused rather than silently reused.
   D4RL-style ``.npz`` and, optionally, as a local Minari dataset.
 * **bc**: behaviour-clone a :class:`~flowrl.policies.FlowActor` on that dataset and save its
   EMA weights (``bc.pt``), the checkpoint ReinFlow fine-tunes.
+* **explore**: EDP's reward-free pretraining (:class:`~flowrl.algos.EDPExplore`, or
+  :class:`~flowrl.algos.EDPExploreFlow` with a flow behaviour policy): a behaviour policy
+  trained on the score intrinsic reward collects data without reading the env's reward, and
+  a flow policy π_pre fitted to the replay buffer's actions is saved as a FlowActor checkpoint
+  (``prior.pt``), the one :class:`~flowrl.algos.EDP` fine-tunes (any flow learner takes it).
+  On a flowrl PointMaze (``flowrl/PointMaze-*``) ``explore.json`` also records the coverage
+  of the maze.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -33,9 +42,13 @@ except ImportError:  # Windows: stage and run folders are not locked
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from flowrl.algos import EDPExplore, EDPExploreFlow
 from flowrl.algos.bc import BCConfig, FlowBC
+from flowrl.algos.exploration import intrinsic_options
+from flowrl.callbacks import CoverageCallback
 from flowrl.checkpoints import (
     TrainingCheckpoint,
     atomic_save,
@@ -50,7 +63,7 @@ from flowrl.data import (
     save_minari,
 )
 from flowrl.envs import ActionChunk
-from flowrl.policies import DiffusionActor, FlowActor
+from flowrl.policies import DiffusionActor, FlowActor, FlowActorConfig
 
 QUALITIES = ("random", "medium", "expert")
 
@@ -87,6 +100,37 @@ class BCStageConfig:
         default_factory=lambda: {"width": 256, "depth": 2, "num_steps": 4}
     )  # FlowActorConfig fields
     train: BCConfig = field(default_factory=lambda: BCConfig(steps=5000, batch_size=256))
+
+
+@dataclass
+class ExploreStageConfig:
+    """Reward-free pretraining of EDP's π_pre (``explore`` stage)."""
+
+    # The env explored without its reward, e.g. flowrl/PointMaze-UMaze-v0 (its registered
+    # time limit); null: the task env (env.id, with env.kwargs and env.max_episode_steps)
+    env_id: str | None = None
+    steps: int = 100_000  # env steps of exploration (the replay buffer keeps every one)
+    # The behaviour policy: "gaussian" (EDPExplore: SB3 SAC's MlpPolicy) or "flow"
+    # (EDPExploreFlow: a FlowSACPolicy, slower: a K-step chain per env step)
+    behavior: str = "gaussian"
+    learning_starts: int = 100  # uniform-action env steps before the first update
+    batch_size: int = 256  # replay minibatch of every update (behaviour, state model, π_pre)
+    train_freq: int = 1  # env steps between updates
+    gradient_steps: int = 1  # gradient steps per update (-1: as many as env steps)
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])  # behaviour nets' widths
+    # ScoreNovelty's options: the flow model of the visited states whose flow-matching error
+    # is the intrinsic reward (num_draws (t, eps) draws per state, its width, depth and
+    # learning_rate)
+    intrinsic: dict[str, Any] = field(
+        default_factory=lambda: {"num_draws": 20, "width": 256, "depth": 2, "learning_rate": 1e-4}
+    )
+    intrinsic_scale: float = 1.0  # multiplier of the normalized intrinsic reward
+    novelty_updates: int = 1  # state-model steps per replay batch
+    actor: dict[str, Any] = field(
+        default_factory=lambda: {"width": 256, "depth": 3, "num_steps": 8}
+    )  # FlowActorConfig fields of π_pre (the actor fine-tuning starts from)
+    actor_learning_rate: float = 3e-4  # Adam step size of π_pre
+    actor_updates: int = 1  # flow-matching steps of π_pre per replay batch (0: not fitted)
 
 
 PACKAGE_SCHEME = "pkg://"
@@ -422,6 +466,253 @@ def _behaviour_clone(
     info = {"dataset": str(dataset_path), "seconds": round(time.time() - start, 1)}
     (out / "bc.json").write_text(json.dumps(info, indent=2))
     print(f"bc: {cfg.train.steps} steps in {info['seconds']} s -> {path}")
+    return path
+
+
+# What the explore stage trains (explore.behavior): the learner and its SB3 policy alias.
+EXPLORE_BEHAVIORS: dict[str, tuple[type[BaseAlgorithm], str]] = {
+    "gaussian": (EDPExplore, "MlpPolicy"),
+    "flow": (EDPExploreFlow, "FlowSACPolicy"),
+}
+# flowrl's PointMaze ids (also in gymnasium's "module:id" form): the maze whose coverage the
+# explore stage records.
+MAZE_ID = re.compile(r"(?:^|:)flowrl/PointMaze(?:Goal)?-(UMaze|Medium|Large)-v\d+$")
+EXPLORE_COVERAGE_FREQ = 1000  # env steps between the coverage rows of explore.json
+
+
+def maze_of(env_id: str) -> str | None:
+    """The maze (``"umaze"``, ``"medium"``, ``"large"``) of a flowrl PointMaze id, else None."""
+    match = MAZE_ID.search(env_id)
+    return match.group(1).lower() if match else None
+
+
+def check_explore(cfg: ExploreStageConfig) -> None:
+    """Refuse explore settings the stage cannot run, before anything is written.
+
+    Raises:
+        ValueError: Naming the setting and what it takes.
+    """
+    if cfg.behavior not in EXPLORE_BEHAVIORS:
+        raise ValueError(
+            f"explore.behavior must be one of {sorted(EXPLORE_BEHAVIORS)}, got {cfg.behavior!r}: "
+            "gaussian explores with SB3 SAC's MlpPolicy (EDPExplore), flow with a FlowSACPolicy "
+            "(EDPExploreFlow)"
+        )
+    for name, value, low in (
+        ("steps", cfg.steps, 1),
+        ("learning_starts", cfg.learning_starts, 0),
+        ("batch_size", cfg.batch_size, 1),
+        ("train_freq", cfg.train_freq, 1),
+        ("novelty_updates", cfg.novelty_updates, 1),
+        ("actor_updates", cfg.actor_updates, 0),
+    ):
+        if value < low:
+            raise ValueError(f"explore.{name} must be >= {low}, got {value}")
+    if cfg.gradient_steps < 1 and cfg.gradient_steps != -1:
+        raise ValueError(
+            f"explore.gradient_steps must be >= 1 or -1 (as many as env steps), got "
+            f"{cfg.gradient_steps}"
+        )
+    for name, value in (
+        ("intrinsic_scale", cfg.intrinsic_scale),
+        ("actor_learning_rate", cfg.actor_learning_rate),
+    ):
+        if not value > 0:
+            raise ValueError(f"explore.{name} must be > 0, got {value}")
+    if not cfg.net_arch or min(cfg.net_arch) < 1:
+        raise ValueError(f"explore.net_arch must be positive widths, got {list(cfg.net_arch)}")
+    options = {
+        "intrinsic": intrinsic_options()["score"],
+        "actor": [
+            f.name for f in fields(FlowActorConfig) if f.name not in ("obs_dim", "action_dim")
+        ],
+    }
+    for name, valid in options.items():
+        unknown = sorted(set(getattr(cfg, name)) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"explore.{name} has no option {', '.join(unknown)}; its options are "
+                f"{', '.join(valid)}"
+            )
+
+
+class _ResumableCoverage(CoverageCallback):
+    """A :class:`~flowrl.callbacks.CoverageCallback` whose counts travel in a checkpoint.
+
+    The explore stage keeps the visit histogram and the history rows in its training
+    checkpoint, so a resumed stage reports the coverage of all its env steps.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The histogram, the number of positions counted and the history (plain data)."""
+        return {
+            "counts": torch.from_numpy(self._counts.copy()),
+            "num_points": int(self._num_points),
+            "history": [dict(row) for row in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s counts."""
+        self._counts[...] = state["counts"].numpy()
+        self._num_points = int(state["num_points"])
+        self.history = [dict(row) for row in state["history"]]
+        if self.history:
+            self._last_log_step = int(self.history[-1]["timesteps"])
+
+
+def explore_pretrain(
+    cfg: ExploreStageConfig,
+    env_id: str,
+    out: Path,
+    seed: int = 0,
+    env_kwargs: dict | None = None,
+    device: str = "cpu",
+    progress_bar: bool = True,
+    checkpoint_steps: int = 50_000,
+    verbose: int = 0,
+) -> Path:
+    """Explore ``env_id`` without its reward (EDP's pretraining); return the path of π_pre.
+
+    The behaviour policy (``cfg.behavior``) is trained on the score intrinsic reward for
+    ``cfg.steps`` env steps while π_pre, a :class:`~flowrl.policies.FlowActor`, is fitted to
+    the replay buffer's actions; π_pre is written to ``out/prior.pt`` (complete or not at
+    all) and a summary to ``out/explore.json`` (``steps``, ``seconds``; on a flowrl PointMaze
+    the final ``cells`` and ``entropy_normalized`` of :class:`~flowrl.callbacks.
+    CoverageCallback`, with its rows in ``coverage_history``). TensorBoard logs go to
+    ``out/tb``. A resumable training checkpoint (the replay buffer included) is written to
+    ``out/checkpoint.pt`` every ``checkpoint_steps`` env steps and on Ctrl-C/SIGTERM; a rerun
+    resumes from it. A folder that holds ``prior.pt`` for the same settings is reused as it
+    is; one made with other settings is refused (``stage.json``).
+
+    Args:
+        cfg: The stage's settings.
+        env_id: Gymnasium id of the env explored.
+        out: Folder of this stage.
+        seed: Seed of the learner and its env.
+        env_kwargs: Extra ``gym.make`` arguments.
+        device: Torch device of the learner.
+        progress_bar: SB3's progress bar.
+        checkpoint_steps: Env steps between resumable checkpoints (0: only on interruption).
+        verbose: SB3 verbosity.
+
+    Returns:
+        The π_pre checkpoint (``out/prior.pt``).
+    """
+    check_explore(cfg)
+    env_kwargs = dict(env_kwargs or {})
+    _claim_stage(out, {"env": env_id, "env_kwargs": env_kwargs, "seed": seed, **asdict(cfg)})
+    if (out / "prior.pt").exists():  # made before: the folder is not touched
+        return out / "prior.pt"
+    with folder_lock(out, wait=True):
+        return _explore(
+            cfg, env_id, out, seed, env_kwargs, device, progress_bar, checkpoint_steps, verbose
+        )
+
+
+def _explore(
+    cfg: ExploreStageConfig,
+    env_id: str,
+    out: Path,
+    seed: int,
+    env_kwargs: dict,
+    device: str,
+    progress_bar: bool,
+    checkpoint_steps: int,
+    verbose: int,
+) -> Path:
+    """:func:`explore_pretrain`'s work, in its locked stage folder."""
+    path = out / "prior.pt"
+    if path.exists():
+        return path
+    for partial in ("prior.partial.pt", "prior.partial.pt.tmp", "explore.json.tmp"):
+        (out / partial).unlink(missing_ok=True)  # left by a process killed mid-write
+    (out / "checkpoint.pt.tmp").unlink(missing_ok=True)
+    learner, policy = EXPLORE_BEHAVIORS[cfg.behavior]
+    model = learner(
+        policy,
+        gym.make(env_id, **env_kwargs),  # a plain env: its reward is dropped before SB3's Monitor
+        intrinsic_kwargs=dict(cfg.intrinsic),
+        intrinsic_scale=cfg.intrinsic_scale,
+        novelty_updates=cfg.novelty_updates,
+        actor_config=dict(cfg.actor),
+        actor_learning_rate=cfg.actor_learning_rate,
+        actor_updates=cfg.actor_updates,
+        learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size,
+        train_freq=cfg.train_freq,
+        gradient_steps=cfg.gradient_steps,
+        buffer_size=cfg.steps,
+        policy_kwargs={"net_arch": list(cfg.net_arch)},
+        tensorboard_log=str(out / "tb"),
+        seed=seed,
+        device=device,
+        verbose=verbose,
+    )
+    maze = maze_of(env_id)
+    coverage = _ResumableCoverage(maze, EXPLORE_COVERAGE_FREQ, keep_points=False) if maze else None
+    timer = {"before": 0.0, "start": time.perf_counter()}  # seconds of earlier sessions, now
+
+    def extra() -> dict[str, Any]:
+        seconds = timer["before"] + time.perf_counter() - timer["start"]
+        return {"seconds": seconds, "coverage": coverage.state_dict() if coverage else {}}
+
+    ckpt = TrainingCheckpoint(out / "checkpoint.pt", save_freq=checkpoint_steps, extra=extra)
+    resumed = ckpt.exists()
+    if resumed:
+        state = ckpt.resume(model)
+        timer["before"] = float(state["extra"].get("seconds", 0.0))
+        if coverage is not None:
+            coverage.load_state_dict(state["extra"]["coverage"])
+        print(f"explore: resuming {ckpt.path} at step {model.num_timesteps}", flush=True)
+    if model.num_timesteps < cfg.steps:
+        callbacks = [ckpt] if coverage is None else [coverage, ckpt]
+        with sigterm_as_interrupt():
+            try:
+                model.learn(
+                    cfg.steps - model.num_timesteps,
+                    callback=callbacks,
+                    tb_log_name="explore",
+                    reset_num_timesteps=not resumed,
+                    progress_bar=progress_bar,
+                )
+            except KeyboardInterrupt:
+                if ckpt.save_latest():
+                    print(
+                        f"\nexplore: interrupted at step {model.num_timesteps}; checkpoint -> "
+                        f"{ckpt.path}: rerun the same command to resume",
+                        flush=True,
+                    )
+                raise
+        ckpt.write()  # the finished state: a crash while writing the outputs loses nothing
+    summary: dict[str, Any] = {
+        "env": env_id,
+        "behavior": cfg.behavior,
+        "steps": int(model.num_timesteps),
+        "seconds": round(extra()["seconds"], 1),
+    }
+    if coverage is not None:
+        final = coverage.coverage()
+        summary.update(
+            maze=maze,
+            cells=float(final["cells"]),
+            entropy_normalized=float(final["entropy_normalized"]),
+            coverage_history=coverage.history,
+        )
+    # explore.json first (fine-tuning reads it), then prior.pt, each under a temporary name
+    # first: prior.pt appears complete or not at all and marks the stage done.
+    (out / "explore.json.tmp").write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(out / "explore.json.tmp", out / "explore.json")
+    partial = out / "prior.partial.pt"
+    model.save_pretrained(partial)
+    os.replace(partial, path)
+    ckpt.path.unlink(missing_ok=True)
+    model.get_env().close()
+    covered = f", {summary['cells']:.0%} of the maze's cells" if coverage is not None else ""
+    print(
+        f"explore: {summary['steps']} env steps of {env_id} in {summary['seconds']} s"
+        f"{covered} -> {path}",
+        flush=True,
+    )
     return path
 
 

@@ -5,6 +5,7 @@
     python experiments/train.py algo=reinflow env=hopper pretrained=<bc.pt>
     python experiments/train.py algo=reinflow env=hopper from_scratch=true
     python experiments/train.py experiment=pendulum_quick
+    python experiments/train.py experiment=maze_edp      # explore, then EDP fine-tuning
     python experiments/train.py algo=ppo,reinflow,policyflow env=pendulum seed=0,1 -m
 
 Config groups (``configs/<group>/<option>.yaml``, each checked against a dataclass below, so
@@ -25,14 +26,22 @@ Every run writes to ``output_dir``, one folder per job (a multirun's too; its
 * ``tb/``: TensorBoard logs; ``.hydra/`` (the job's config.yaml, overrides.yaml and
   hydra.yaml) and ``train.log``, Hydra's log of the job.
 
-The same entry point runs the whole pipeline when ``stages`` asks for it
-(``stages=[dataset,bc,finetune]``, e.g. ``experiment=pipeline_medium env=walker2d``): the
-dataset stage trains an SB3 teacher and records its rollouts, the bc stage behaviour-clones a
-flow actor on them, and fine-tuning starts from that actor (``experiments/pretrain.py``).
-A flow policy fine-tuned without the bc stage starts from ``pretrained``; when that is unset
-while ``<pretrain_dir>/bc/bc.pt`` exists, the run stops before it starts: pass
-``pretrained=<that path>`` to start from the BC actor, or ``from_scratch=true`` to train a
-fresh actor on purpose.
+The same entry point runs the whole pipeline when ``stages`` asks for it, stages in the order
+dataset, bc, explore, finetune (``experiments/pretrain.py``):
+
+* ``stages=[dataset,bc,finetune]`` (e.g. ``experiment=pipeline_medium env=walker2d``): the
+  dataset stage trains an SB3 teacher and records its rollouts, the bc stage behaviour-clones
+  a flow actor on them (``bc/bc.pt``), and fine-tuning starts from that actor;
+* ``stages=[explore,finetune]`` (e.g. ``experiment=maze_edp``, ``algo=edp``): the explore
+  stage is EDP's reward-free pretraining (``explore.env_id``, e.g. a PointMaze without goal):
+  a behaviour policy trained on an intrinsic reward collects data and a flow policy π_pre
+  fitted to its actions (``explore/prior.pt``) is what fine-tuning starts from. It takes the
+  place of bc (not both).
+
+A flow policy fine-tuned without those stages starts from ``pretrained``; when that is unset
+while ``<pretrain_dir>/bc/bc.pt`` (or ``explore/prior.pt``) exists, the run stops before it
+starts: pass ``pretrained=<that path>`` to start from it, or ``from_scratch=true`` to train a
+fresh actor on purpose. ``algo=edp`` needs a pretrained flow (or ``from_scratch=true``).
 Other scripts import this file and call :func:`compose_config`,
 :func:`make_vec_env_from_config`, :func:`build_model` and :func:`train`. Adding a learner
 takes a schema dataclass here (decorated with ``@register_schema("algo", name)``) and a yaml
@@ -72,9 +81,12 @@ from flowrl.experiments.pretrain import (
     BC_KINDS,
     BCStageConfig,
     DatasetStageConfig,
+    ExploreStageConfig,
     behaviour_clone,
+    check_explore,
     dataset_returns,
     differences,
+    explore_pretrain,
     folder_lock,
     make_dataset,
 )
@@ -90,7 +102,7 @@ EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the 
 # Fields that change neither what is trained nor how: a finished run with other values of
 # these is still the same run.
 RESUME_IGNORED = ("output_dir", "progress_bar", "verbose", "checkpoint", "from_scratch")
-STAGES = ("dataset", "bc", "finetune")
+STAGES = ("dataset", "bc", "explore", "finetune")
 CHECKPOINT = "checkpoint.pt"  # an unfinished fine-tuning run's resumable state
 PARTIAL_FILES = (
     f"{CHECKPOINT}.tmp",
@@ -140,6 +152,10 @@ class AlgoConfig:
     def pretrained_kwargs(self, pretrained: str | None) -> dict[str, Any]:
         """Constructor arguments that carry the BC checkpoint (none: it goes to the policy)."""
         return {}
+
+    def needs_pretrained(self) -> bool:
+        """Whether fine-tuning needs a pretrained actor unless ``from_scratch=true``."""
+        return False
 
 
 @dataclass
@@ -281,16 +297,22 @@ class PPOConfig(OnPolicyConfig):
 
 
 @dataclass
-class ReplayConfig(AlgoConfig):
-    """SAC's hyperparameters, shared by the replay-buffer learners (SAC, FlowSAC, DSRL)."""
+class OffPolicyConfig(AlgoConfig):
+    """What every replay-buffer learner takes (SAC, FlowSAC, DSRL, EDP)."""
 
-    learning_rate: float = 3e-4  # Adam learning rate (actor, critics, temperature)
+    learning_rate: float = 3e-4  # Adam learning rate (actor, critics; SAC: temperature too)
     buffer_size: int = 1_000_000  # replay buffer transitions
     learning_starts: int = 100  # env steps before learning (warm-up actions until then)
     batch_size: int = 256  # minibatch size
     tau: float = 0.005  # target-network soft update
     train_freq: int = 1  # env steps between updates
     gradient_steps: int = 1  # gradient steps per update (-1: as many as env steps)
+
+
+@dataclass
+class ReplayConfig(OffPolicyConfig):
+    """SAC's hyperparameters, shared by the SAC learners (SAC, FlowSAC, DSRL)."""
+
     ent_coef: str = "auto"  # temperature: "auto", "auto_<init>" or a number
     target_update_interval: int = 1  # gradient steps between target updates
     target_entropy: str = "auto"  # "auto" (SAC: -Da) or a number
@@ -345,6 +367,33 @@ class DSRLConfig(SACConfig):
                 "(stages=[bc,finetune] with a dataset)"
             )
         return {"actor": pretrained}
+
+
+@register_schema("algo", "edp")
+@dataclass
+class EDPConfig(OffPolicyConfig):
+    """EDP fine-tuning (``flowrl.algos.EDP``): IQL critics, distillation to π_pre·exp(Q/β).
+
+    It starts from a pretrained flow π_pre: ``pretrained=<prior.pt>`` or the explore stage's
+    (``stages=[explore,finetune]``); ``from_scratch=true`` starts from a fresh flow.
+    """
+
+    _target_: str = "flowrl.algos.EDP"
+    name: str = "edp"
+    policies: list[str] = field(default_factory=lambda: ["edp"])
+    learning_starts: int = 1000  # env steps before learning (warm-up actions until then)
+    beta: float = 0.05  # temperature of the target π_pre·exp(Q/β) (Q in reward units)
+    num_candidates: int = 16  # M, actions drawn from π_pre per state for the distillation
+    expectile: float = 0.9  # IQL's expectile of the value regression (0.5: the mean)
+    distill_interval: int = 1  # one distillation step every this many critic steps
+    distill_batch_size: int | None = None  # states per distillation step (null: batch_size)
+    critic_warmup_steps: int = 0  # critic-only gradient steps before the first distillation
+    max_grad_norm: float | None = None  # clip of the actor's gradient norm (null: none)
+    warmup: str = "auto"  # actions before learning_starts: policy, uniform or auto
+
+    def needs_pretrained(self) -> bool:
+        """EDP distils toward its pretrained flow π_pre: it needs one (or from_scratch)."""
+        return True
 
 
 # ---------------------------------------------------------------------- policies
@@ -438,6 +487,31 @@ class FlowSACPolicyConfig(FlowPolicyConfig):
         return {
             **super().noise_kwargs(),
             "squash": self.squash,
+            "n_critics": self.n_critics,
+            "critic_layer_norm": self.critic_layer_norm,
+            "value_act": self.value_act,
+        }
+
+
+@register_schema("policy", "edp")
+@dataclass
+class EDPPolicyConfig(FlowPolicyBaseConfig):
+    """EDP's policy (``flowrl.policies.EDPPolicy``): a flow's ODE from a random start, IQL critics.
+
+    With ``pretrained`` the actor (and the frozen π_pre it is distilled toward) comes from the
+    checkpoint and ``actor`` is ignored.
+    """
+
+    kind: str = "edp"
+    policy: str = "EDPPolicy"
+    initial_std: float = 1.0  # std of the chain start a0 (1: the pretrained flow's samples)
+    n_critics: int = 2  # Q-networks (value_hidden are their widths, and V's)
+    critic_layer_norm: bool = False  # LayerNorm in the Q- and V-networks
+    value_act: str = "relu"  # activation of the Q- and V-networks
+
+    def noise_kwargs(self) -> dict[str, Any]:
+        """The critics (EDP's policy has no noise model: a0 is its only randomness)."""
+        return {
             "n_critics": self.n_critics,
             "critic_layer_norm": self.critic_layer_norm,
             "value_act": self.value_act,
@@ -618,6 +692,9 @@ class CheckpointConfig:
     # env steps of RL training between checkpoints: fine-tuning (checkpoint.pt) and the
     # dataset stage's teacher (dataset/teacher.ckpt)
     finetune_steps: int = 50_000
+    # env steps of the explore stage between checkpoints (explore/checkpoint.pt, with the
+    # replay buffer)
+    explore_steps: int = 50_000
 
 
 @dataclass
@@ -632,9 +709,11 @@ class TrainConfig:
     n_envs: int = 1  # parallel training envs
     eval: EvalConfig = field(default_factory=EvalConfig)  # the learning curve
     threads: int = 1  # torch.set_num_threads
-    pretrained: str | None = None  # FlowActor checkpoint (BC) to start a flow policy from
-    # Fine-tune a fresh flow actor although <pretrain_dir>/bc/bc.pt exists (without it, such
-    # a run stops: pass pretrained=<that bc.pt> to start from it). Gaussian policies: no effect.
+    # FlowActor checkpoint (BC's bc.pt, the explore stage's prior.pt) to start a flow policy from
+    pretrained: str | None = None
+    # Fine-tune a fresh flow actor although <pretrain_dir>/bc/bc.pt (or explore/prior.pt)
+    # exists, or algo=edp without a pretrained flow (without it, such a run stops: pass
+    # pretrained=<that checkpoint> to start from it). Gaussian policies: no effect.
     from_scratch: bool = False
     progress_bar: bool = True  # SB3's progress bar
     verbose: int = 0  # SB3 verbosity (1: a table per rollout; eval lines)
@@ -644,12 +723,16 @@ class TrainConfig:
     # algo, env and seed must name them here, e.g. 'outputs/lr${algo.learning_rate}/seed${seed}'.
     output_dir: str = "outputs/train/${algo.name}/${env.name}/seed${seed}"
     # The pipeline: any of dataset (teacher rollouts -> .npz), bc (behaviour cloning ->
-    # bc.pt, which then is `pretrained`), finetune (the RL run), in this order.
+    # bc.pt, which then is `pretrained`), explore (reward-free exploration, EDP's
+    # pretraining -> prior.pt, which then is `pretrained`; not with bc), finetune (the RL
+    # run), in this order.
     stages: list[str] = field(default_factory=lambda: ["finetune"])
     dataset: DatasetStageConfig = field(default_factory=DatasetStageConfig)  # stage dataset
     bc: BCStageConfig = field(default_factory=BCStageConfig)  # stage bc
-    # Folder of the dataset and bc stages, shared by fine-tuning seeds (its stage.json
-    # guards against reuse with other settings).
+    explore: ExploreStageConfig = field(default_factory=ExploreStageConfig)  # stage explore
+    # Folder of the dataset, bc and explore stages, shared by fine-tuning seeds (its
+    # stage.json guards against reuse with other settings; explore runs with `seed`, so
+    # name the seed here when exploring, as experiment=maze_edp does).
     pretrain_dir: str = "outputs/pretrain/${env.name}/${dataset.quality}_seed${dataset.seed}"
 
 
@@ -724,20 +807,26 @@ def check_compatible(cfg: TrainConfig) -> None:
         raise ValueError(
             f"stages={list(cfg.stages)}: choose a non-empty subset of {list(STAGES)}, in that order"
         )
-    if "bc" in cfg.stages and cfg.pretrained is not None:
+    makers = [stage for stage in ("bc", "explore") if stage in cfg.stages]
+    if len(makers) > 1:
         raise ValueError(
-            "stages includes bc, which makes the pretrained actor: drop pretrained=, or drop "
-            "bc from stages to fine-tune a given checkpoint"
+            "stages includes bc and explore, which both make the actor fine-tuning starts from "
+            "(bc/bc.pt, explore/prior.pt): keep one of the two"
+        )
+    if makers and cfg.pretrained is not None:
+        raise ValueError(
+            f"stages includes {makers[0]}, which makes the pretrained actor: drop pretrained=, "
+            f"or drop {makers[0]} from stages to fine-tune a given checkpoint"
         )
     if cfg.from_scratch and cfg.pretrained is not None:
         raise ValueError(
             f"from_scratch=true fine-tunes a fresh actor, pretrained={cfg.pretrained} the "
             "given one: drop one of the two"
         )
-    if cfg.from_scratch and "bc" in cfg.stages:
+    if cfg.from_scratch and makers:
         raise ValueError(
-            "from_scratch=true fine-tunes a fresh actor, but stages includes bc, which makes "
-            "the actor to start from: drop one of the two"
+            f"from_scratch=true fine-tunes a fresh actor, but stages includes {makers[0]}, "
+            "which makes the actor to start from: drop one of the two"
         )
     for name, value, low in (
         ("total_timesteps", cfg.total_timesteps, 1),
@@ -747,10 +836,23 @@ def check_compatible(cfg: TrainConfig) -> None:
         ("eval.episodes", cfg.eval.episodes, 1),
         ("checkpoint.bc_steps", cfg.checkpoint.bc_steps, 0),
         ("checkpoint.finetune_steps", cfg.checkpoint.finetune_steps, 0),
+        ("checkpoint.explore_steps", cfg.checkpoint.explore_steps, 0),
         ("bc.train.steps", cfg.bc.train.steps, 1),
     ):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    if "explore" in cfg.stages:
+        check_explore(cfg.explore)
+        if cfg.env.action_chunk > 1:
+            raise ValueError(
+                "the explore stage fits π_pre to single actions: it does not take "
+                f"env.action_chunk={cfg.env.action_chunk} (use 1)"
+            )
+        if cfg.explore.env_id is None and cfg.env.vec_env == "mjx":
+            raise ValueError(
+                f"explore.env_id=null explores the task env, but env.id={cfg.env.id} is an MJX "
+                "task: set explore.env_id to a gymnasium id (e.g. the env's eval_id)"
+            )
     if cfg.bc.kind not in BC_KINDS:
         raise ValueError(f"bc.kind must be one of {sorted(BC_KINDS)}, got {cfg.bc.kind!r}")
     if cfg.env.n_envs is not None and cfg.env.n_envs < 1:
@@ -767,14 +869,25 @@ def check_compatible(cfg: TrainConfig) -> None:
             f"algo={cfg.algo.name} takes {choices}, got policy={cfg.policy.kind}: drop the "
             f"policy override (algo={cfg.algo.name} picks its own) or choose {choices}"
         )
+    fresh = cfg.pretrained is None and not makers and not cfg.from_scratch
+    if cfg.algo.needs_pretrained() and "finetune" in cfg.stages and fresh:
+        prior = Path(cfg.pretrain_dir) / "explore" / "prior.pt"
+        found = f" (there is one: {prior})" if prior.is_file() else ""
+        raise ValueError(
+            f"algo={cfg.algo.name} fine-tunes a pretrained flow π_pre toward π_pre·exp(Q/β): "
+            f"pass pretrained=<prior.pt>{found}, add the explore stage "
+            "(stages=[explore,finetune], e.g. experiment=maze_edp), or set from_scratch=true "
+            "to start from a fresh flow on purpose"
+        )
 
 
 def check_bc_actor_chosen(cfg: TrainConfig) -> None:
-    """Refuse to fine-tune a fresh flow actor when ``pretrain_dir`` holds a BC actor.
+    """Refuse to fine-tune a fresh flow actor when ``pretrain_dir`` holds a pretrained one.
 
-    An earlier ``stages=[dataset,bc]`` run left ``<pretrain_dir>/bc/bc.pt``; fine-tuning
-    without the bc stage starts from ``pretrained`` only, so leaving it unset would train
-    from scratch for hours. ``from_scratch=true`` says that this is meant.
+    An earlier ``stages=[dataset,bc]`` run left ``<pretrain_dir>/bc/bc.pt`` (a
+    ``stages=[explore]`` run ``<pretrain_dir>/explore/prior.pt``); fine-tuning without the
+    stage starts from ``pretrained`` only, so leaving it unset would train from scratch for
+    hours. ``from_scratch=true`` says that this is meant.
 
     Raises:
         ValueError: Naming the checkpoint and the two ways on.
@@ -782,14 +895,20 @@ def check_bc_actor_chosen(cfg: TrainConfig) -> None:
     # flow policies have a fresh actor's fields; Gaussian ones always start from scratch
     if not hasattr(cfg.policy, "actor") or "finetune" not in cfg.stages:
         return
-    bc = Path(cfg.pretrain_dir) / "bc" / "bc.pt"
-    if cfg.pretrained is None and "bc" not in cfg.stages and not cfg.from_scratch and bc.is_file():
-        raise ValueError(
-            f"{bc} holds a BC actor (pretrain_dir={cfg.pretrain_dir}), but with pretrained "
-            "unset fine-tuning would start from a fresh, untrained actor: pass "
-            f"pretrained={bc} to start from the BC actor, or from_scratch=true to train from "
-            "scratch on purpose"
-        )
+    if cfg.pretrained is not None or cfg.from_scratch or {"bc", "explore"} & set(cfg.stages):
+        return
+    root = Path(cfg.pretrain_dir)
+    for path, what in (
+        (root / "bc" / "bc.pt", "a BC actor"),
+        (root / "explore" / "prior.pt", "the explore stage's actor π_pre"),
+    ):
+        if path.is_file():
+            raise ValueError(
+                f"{path} holds {what} (pretrain_dir={cfg.pretrain_dir}), but with pretrained "
+                "unset fine-tuning would start from a fresh, untrained actor: pass "
+                f"pretrained={path} to start from it, or from_scratch=true to train from "
+                "scratch on purpose"
+            )
 
 
 # Resolvers of configs/train.yaml's hydra section. abspath: a multirun job's folder is its
@@ -1017,6 +1136,7 @@ ADDED_OPTIONS: dict[str, tuple[Any, str | tuple[str, ...] | None]] = {
     "dataset.teacher_norm_obs": (False, None),
     "env.action_chunk": (1, None),
     "policy.actor.gated": (False, None),
+    "explore": (asdict(ExploreStageConfig()), None),
 }
 
 
@@ -1230,9 +1350,38 @@ def _save_model(model: BaseAlgorithm, venv: VecEnv, out: Path) -> None:
 
 
 def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
-    """Run the dataset and bc stages that are asked for; the checkpoint to fine-tune."""
-    if "dataset" not in cfg.stages and "bc" not in cfg.stages:
-        return cfg.pretrained
+    """Run the dataset, bc and explore stages that are asked for; the checkpoint to fine-tune."""
+    pretrained = cfg.pretrained
+    if "dataset" in cfg.stages or "bc" in cfg.stages:
+        pretrained = _offline_stages(cfg, results) or pretrained
+    if "explore" in cfg.stages:
+        pretrained = _explore_stage(cfg, results)
+    return pretrained
+
+
+def _explore_stage(cfg: TrainConfig, results: dict[str, Any]) -> str:
+    """The explore stage (EDP's reward-free pretraining); the π_pre checkpoint it made."""
+    out = Path(cfg.pretrain_dir) / "explore"
+    task = cfg.explore.env_id is None  # explore the task env itself, as configured
+    path = explore_pretrain(
+        cfg.explore,
+        cfg.env.id if task else cfg.explore.env_id,  # type: ignore[arg-type]
+        out,
+        seed=cfg.seed,
+        env_kwargs=make_kwargs(cfg.env) if task else {},
+        device=cfg.device,
+        progress_bar=cfg.progress_bar,
+        checkpoint_steps=cfg.checkpoint.explore_steps,
+        verbose=cfg.verbose,
+    )
+    summary = json.loads((out / "explore.json").read_text())
+    summary.pop("coverage_history", None)  # explore.json has the rows; results the result
+    results["explore"] = {"path": str(path), **summary}
+    return str(path)
+
+
+def _offline_stages(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
+    """The dataset and bc stages; the BC checkpoint (None without the bc stage)."""
     root = Path(cfg.pretrain_dir)
     made = root / "dataset" / "dataset.npz"
     if "dataset" not in cfg.stages and cfg.dataset.path is None and not made.exists():
@@ -1255,7 +1404,7 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
         "return_std": float(returns.std()),
     }
     if "bc" not in cfg.stages:
-        return cfg.pretrained
+        return None
     path = behaviour_clone(
         cfg.bc,
         cfg.dataset.path or dataset_path,
@@ -1284,6 +1433,10 @@ def _summary(cfg: TrainConfig, results: dict[str, Any]) -> str:
             f"dataset: return {data['return_mean']:.0f} ± {data['return_std']:.0f} "
             f"over {data['episodes']} episodes"
         )
+    if "explore" in results:
+        data = results["explore"]
+        covered = f", {data['cells']:.0%} of the maze's cells" if "cells" in data else ""
+        lines.append(f"explore: {data['steps']} env steps of {data['env']}{covered}")
     start, final = results.get("start"), results["final"]
     for mode in ("deterministic", "stochastic"):
         key = f"return_{mode}_mean"

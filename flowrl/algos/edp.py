@@ -550,13 +550,13 @@ class EDP(FlowLearner, OffPolicyAlgorithm):
                 clip = self.max_grad_norm if self.max_grad_norm is not None else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy._actor_parameters(), clip)
                 policy.optimizer.step()
-                stats["actor"].append(float(actor_loss))
+                stats["actor"].append(float(actor_loss.detach()))
                 stats["ess"].append(info["ess"])
                 stats["q_gain"].append(info["q_gain"])
                 stats["grad_norm"].append(float(grad_norm))
             polyak_update(policy.critic.parameters(), policy.critic_target.parameters(), self.tau)
-            stats["q_loss"].append(float(q_loss))
-            stats["v_loss"].append(float(v_loss))
+            stats["q_loss"].append(float(q_loss.detach()))
+            stats["v_loss"].append(float(v_loss.detach()))
             stats["q"].append(float(q.detach().mean()))
             self._n_updates += 1
         self._record(stats)

@@ -45,6 +45,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import Tensor, nn
 
+from flowrl.algos.common import check_total_timesteps
 from flowrl.flow.losses import flow_matching_loss
 from flowrl.flow.times import time_grid
 from flowrl.nets.mlp import MLP, VelocityMLP
@@ -476,6 +477,11 @@ class IntrinsicRewardMixin:
     ) -> None:
         self.novelty_model.observe(np.asarray(new_obs))
         super()._store_transition(replay_buffer, buffer_action, new_obs, *args)  # type: ignore[misc]
+
+    def learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
+        """The base learner's ``learn`` (refuses a budget that is not a positive integer)."""
+        check_total_timesteps(total_timesteps)
+        return super().learn(total_timesteps, *args, **kwargs)  # type: ignore[misc]
 
     def intrinsic_reward(self, next_obs: Tensor, update_stats: bool = True) -> Tensor:
         """``intrinsic_scale · novelty / running std`` of a batch of states, shape (B,)."""

@@ -154,13 +154,14 @@ def test_help_lists_train_groups_only():
     assert done.returncode == 0, done.stderr[-3000:]
     groups = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     for line in (
-        "algo: dppo, dsrl, flowsac, fpo, fpo_pp, policyflow, ppo, reinflow, sac",
-        "policy: diffusion, dsrl, flow, flowsac, fpo, gaussian, policyflow",
+        "algo: dppo, dsrl, edp, flowsac, fpo, fpo_pp, policyflow, ppo, reinflow, sac",
+        "policy: diffusion, dsrl, edp, flow, flowsac, fpo, gaussian, policyflow",
         "experiment: hopper_h2h, hopper_medium_1m,",
         "recipe: reinflow_mujoco",
     ):
         assert line in groups, groups
     assert "env: ant," in groups and "mjx/hopper" in groups and "pendulum" in groups
+    assert "pointmaze_umaze" in groups and "maze_edp" in groups
     assert "schema/" not in done.stdout
     presets = [path.stem for path in (ROOT / "configs" / "dataset").glob("*.yaml")]
     assert presets and not [name for name in presets if name in done.stdout]

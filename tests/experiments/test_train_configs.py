@@ -17,12 +17,13 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.sac.policies import SACPolicy
 
-from flowrl.algos import DPPO, DSRL, FPO, FlowSAC, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, DSRL, EDP, FPO, FlowSAC, PolicyFlow, ReinFlow
 from flowrl.algos.dsrl import LatentSACPolicy
 from flowrl.data import Normalizer
 from flowrl.policies import (
     DiffusionActor,
     DiffusionPolicy,
+    EDPPolicy,
     FlowActor,
     FlowActorConfig,
     FlowPolicy,
@@ -47,10 +48,14 @@ ALGOS = {
     "sac": (SAC, SACPolicy),
     "flowsac": (FlowSAC, FlowSACPolicy),
     "dsrl": (DSRL, LatentSACPolicy),
+    "edp": (EDP, EDPPolicy),
 }
 ENVS = sorted(path.stem for path in (ROOT / "configs" / "env").glob("*.yaml"))
 # Small enough that building costs nothing; SAC would otherwise reserve 1M transitions.
-CHEAP = {name: ["algo.buffer_size=1000"] for name in ("sac", "flowsac", "dsrl")}
+CHEAP = {name: ["algo.buffer_size=1000"] for name in ("sac", "flowsac", "dsrl", "edp")}
+# Learners that start from a pretrained flow (pretrained=): DSRL steers it, EDP distils from it.
+NEEDS_FLOW = ("dsrl", "edp")
+MAZES = ("pointmaze_umaze", "pointmaze_medium", "pointmaze_large")
 
 TINY_REINFLOW = [
     "algo=reinflow",
@@ -80,15 +85,17 @@ def config(*overrides):
 
 def test_env_groups_cover_the_design():
     expected = {"pendulum", "multigoal", "hopper", "walker2d", "halfcheetah", "ant"}
-    assert expected | {"humanoid", "inverted_pendulum"} == set(ENVS)
+    assert expected | {"humanoid", "inverted_pendulum", *MAZES} == set(ENVS)
     assert {path.stem for path in (ROOT / "configs" / "algo").glob("*.yaml")} == set(ALGOS)
 
 
 @pytest.mark.parametrize("env", ENVS)
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_every_algo_builds_on_every_env(algo, env, tmp_path):
+    if env in MAZES:
+        pytest.importorskip("gymnasium_robotics")
     overrides = [f"algo={algo}", f"env={env}", *CHEAP.get(algo, [])]
-    if algo == "dsrl":  # DSRL steers a BC flow: a small one for this env's spaces
+    if algo in NEEDS_FLOW:  # DSRL steers a BC flow, EDP distils from it: a small one
         raw = TRAIN.as_train_config(config(f"env={env}"))
         spec = TRAIN.make_vec_env_from_config(raw.env, 1, 0, 0.99)
         low, high = spec.action_space.low, spec.action_space.high
@@ -104,7 +111,7 @@ def test_every_algo_builds_on_every_env(algo, env, tmp_path):
     algo_class, policy_class = ALGOS[algo]
     # No policy named: each algo brings its natural one.
     natural = {"reinflow": "flow", "policyflow": "policyflow", "fpo": "fpo", "fpo_pp": "fpo"}
-    natural.update(dppo="diffusion", flowsac="flowsac", dsrl="dsrl")
+    natural.update(dppo="diffusion", flowsac="flowsac", dsrl="dsrl", edp="edp")
     assert cfg.policy.kind == natural.get(algo, "gaussian")
     assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
     venv = TRAIN.make_vec_env_from_config(cfg.env, 1, cfg.seed, cfg.algo.gamma)
@@ -172,6 +179,10 @@ def test_hyperparameters_and_policy_fields_reach_the_model():
         (["algo=policyflow", "algo.brownian=0.1"], "Key 'brownian' not in 'PolicyFlowConfig'"),
         (["algo=policyflow", "policy.noise_hidden=[8]"], "not in 'PolicyFlowPolicyConfig'"),
         (["algo=sac", "policy.num_steps=2"], "Key 'num_steps' not in 'GaussianPolicyConfig'"),
+        (["algo=edp", "algo.ent_coef=0.1"], "Key 'ent_coef' not in 'EDPConfig'"),
+        (["algo=edp", "algo.target_entropy=0"], "Key 'target_entropy' not in 'EDPConfig'"),
+        (["algo=edp", "policy.sigma_min=0.1"], "Key 'sigma_min' not in 'EDPPolicyConfig'"),
+        (["explore.num_steps=2"], "Key 'num_steps' not in 'ExploreStageConfig'"),
         (["env.max_steps=5"], "Key 'max_steps' not in 'EnvConfig'"),
         (["eval.episode=3"], "Key 'episode' not in 'EvalConfig'"),
         (["seeds=1"], "Key 'seeds' not in 'TrainConfig'"),
@@ -204,6 +215,9 @@ def test_option_typos_list_the_options(group, typo, valid):
         (["algo=reinflow", "policy=gaussian"], "policy=flow"),
         (["algo=reinflow", "policy=policyflow"], "policy=flow"),
         (["algo=policyflow", "policy=flow"], "policy=policyflow"),
+        (["algo=edp", "policy=flowsac"], "policy=edp"),
+        (["algo=flowsac", "policy=edp"], "policy=flowsac"),
+        (["algo=sac", "policy=edp"], "policy=gaussian"),
     ],
 )
 def test_policy_the_algo_does_not_take_is_refused(overrides, valid, tmp_path):
@@ -239,6 +253,49 @@ def test_pretrained_checkpoint_starts_the_flow_policy(tmp_path):
         TRAIN.build_model(config(f"pretrained={tmp_path / 'missing.pt'}"), venv)
     with pytest.raises(ValueError, match="only flow policies load"):
         TRAIN.build_model(config("algo=ppo", f"pretrained={tmp_path / 'bc.pt'}"), venv)
+
+
+def test_edp_config_builds_edp_from_a_pretrained_flow(tmp_path):
+    actor = _save_actor(tmp_path / "prior.pt")
+    cfg = TRAIN.compose_config(
+        "algo=edp",
+        "env=pendulum",
+        f"pretrained={tmp_path / 'prior.pt'}",
+        "algo.buffer_size=1000",
+        "algo.beta=0.2",
+        "algo.num_candidates=4",
+        "algo.expectile=0.7",
+        "algo.distill_batch_size=8",
+        "policy.n_critics=3",
+        "policy.critic_layer_norm=true",
+        "policy.value_hidden=[8]",
+    )
+    assert (type(cfg.algo).__name__, type(cfg.policy).__name__) == ("EDPConfig", "EDPPolicyConfig")
+    # EDP's own options, none of SAC's (EDP would refuse them)
+    params = cfg.algo.hyperparameters()
+    assert not {"ent_coef", "target_entropy", "target_update_interval", "use_sde"} & set(params)
+    assert params["learning_starts"] == 1000 and params["warmup"] == "auto"  # EDP's defaults
+    venv = TRAIN.make_vec_env_from_config(cfg.env)
+    model = TRAIN.build_model(cfg, venv)
+    assert type(model) is EDP and isinstance(model.policy, EDPPolicy)
+    assert (model.beta, model.num_candidates, model.expectile) == (0.2, 4, 0.7)
+    assert model.distill_batch_size == 8 and model.warmup == "policy"  # pretrained: π_pre acts
+    policy = model.policy
+    assert policy.n_critics == 3 and len(policy.critic) == 3 and policy.critic_layer_norm
+    assert policy.initial_std == 1.0 and policy.value_hidden == (8,) and policy.num_steps == 3
+    for key, value in actor.state_dict().items():  # actor and frozen reference: the checkpoint's
+        assert torch.equal(policy.actor.state_dict()[key], value), key
+        assert torch.equal(policy.reference.state_dict()[key], value), key
+
+    # Without a pretrained flow: refused clearly; from_scratch=true: a fresh EDPPolicy.
+    with pytest.raises(ValueError, match="algo=edp fine-tunes a pretrained flow"):
+        TRAIN.build_model(TRAIN.compose_config("algo=edp", "env=pendulum"), venv)
+    cfg = TRAIN.compose_config(
+        "algo=edp", "from_scratch=true", "algo.buffer_size=1000", "policy.actor.width=24"
+    )
+    model = TRAIN.build_model(cfg, venv)
+    assert model.policy.actor.config.width == 24 and model.warmup == "uniform"
+    assert TRAIN.compose_config("algo=edp").policy.kind == "edp"  # its natural policy
 
 
 @pytest.mark.parametrize("algo", ["fpo", "fpo_pp", "dppo"])
@@ -348,6 +405,48 @@ def test_experiment_bundles_compose():
     # The recipe alone, on any run; the command line still wins over it.
     cfg = TRAIN.as_train_config(config("+recipe=reinflow_mujoco", "env=walker2d", "n_envs=8"))
     assert recipe(cfg) == (128, 8, 512, 0.05, 0.12, 1e-4, 0.01, 0.999, 0.99)
+
+
+@pytest.mark.parametrize("maze", ["UMaze", "Medium", "Large"])
+def test_maze_env_configs_make_the_goal_task(maze):
+    pytest.importorskip("gymnasium_robotics")
+    name = f"pointmaze_{maze.lower()}"
+    env = TRAIN.compose_config(f"env={name}").env
+    assert (env.name, env.id) == (name, f"flowrl.envs:flowrl/PointMazeGoal-{maze}-v0")
+    assert not env.norm_reward and not env.norm_obs
+    venv = TRAIN.make_vec_env_from_config(env, 1, 0)
+    try:
+        assert isinstance(venv, DummyVecEnv)  # no VecNormalize: sparse 0/1 rewards as they are
+        assert venv.observation_space.shape == (4,) and venv.action_space.shape == (2,)
+        venv.reset()
+        _, rewards, _, infos = venv.step(np.zeros((1, 2), np.float32))
+        assert "is_success" in infos[0] and "xy" in infos[0] and rewards[0] in (0.0, 1.0)
+    finally:
+        venv.close()
+
+
+def test_maze_edp_bundle_composes():
+    cfg = TRAIN.compose_config("experiment=maze_edp", "seed=2")
+    assert cfg.stages == ["explore", "finetune"]
+    assert (cfg.algo.name, cfg.policy.kind, cfg.env.name) == ("edp", "edp", "pointmaze_umaze")
+    explore = cfg.explore
+    assert (explore.env_id, explore.steps, explore.learning_starts) == (
+        "flowrl/PointMaze-UMaze-v0",
+        20000,
+        2000,
+    )
+    assert (explore.behavior, explore.train_freq, explore.net_arch) == ("gaussian", 4, [128, 128])
+    assert explore.intrinsic["num_draws"] == 8 and explore.intrinsic["width"] == 128
+    assert explore.actor == {"width": 128, "depth": 2, "num_steps": 8}
+    assert (cfg.total_timesteps, cfg.eval.freq, cfg.eval.episodes) == (20000, 2500, 10)
+    assert cfg.output_dir == "outputs/maze_edp/pointmaze_umaze/seed2"
+    assert cfg.pretrain_dir == "outputs/maze_edp/pretrain/pointmaze_umaze_seed2"
+    TRAIN.check_compatible(cfg)  # the explore stage makes π_pre: nothing else is needed
+    cfg = TRAIN.compose_config(
+        "experiment=maze_edp", "env=pointmaze_medium", "explore.env_id=flowrl/PointMaze-Medium-v0"
+    )
+    assert cfg.env.id.endswith("PointMazeGoal-Medium-v0")
+    assert cfg.pretrain_dir == "outputs/maze_edp/pretrain/pointmaze_medium_seed0"
 
 
 def test_configs_from_python():
@@ -549,6 +648,15 @@ def test_lr_schedule_from_the_command_line(tmp_path):
         TRAIN.as_train_config(config("algo.lr_schedule.kind=step"))
     with pytest.raises(ValueError, match="lr_schedule is not an option of PPOConfig"):
         TRAIN.as_train_config(config("algo=ppo", "+algo.lr_schedule.kind=linear"))
+
+
+def test_results_without_the_explore_stage_still_match():
+    config = TRAIN.config_dict(TRAIN.compose_config(*TINY_REINFLOW))
+    old = json.loads(json.dumps(config))
+    del old["explore"], old["checkpoint"]["explore_steps"]  # before the explore stage existed
+    assert TRAIN.config_changes(old, config) == []
+    changed = TRAIN.config_dict(TRAIN.compose_config(*TINY_REINFLOW, "explore.steps=5"))
+    assert TRAIN.config_changes(old, changed) == ["explore.steps"]
 
 
 def test_results_without_lr_schedule_still_match():

@@ -186,6 +186,20 @@ OFF_POLICY_ARGS = [
     Bad("warmup_unknown", {"warmup": "random"}, ValueError, r"warmup must be one of"),
 ]
 
+# The replay-buffer checks EDP shares with FlowSAC (it has no temperature, BC term or target
+# update interval).
+EDP_SHARED = {
+    "tau",
+    "gamma",
+    "batch_size",
+    "buffer_size",
+    "learning_starts",
+    "gradient_steps",
+    "learning_rate",
+    "max_grad_norm",
+    "warmup",
+}
+
 OFF_POLICY_POLICY_ARGS = [
     *POLICY_ARGS,
     Bad("squash_unknown", {"squash": "sigmoid"}, ValueError, r"squash must be one of"),
@@ -229,6 +243,93 @@ def test_flowsac_learn_arguments(bad):
     with pytest.raises(bad.error, match=bad.match):
         model.learn(**bad.change)
     assert model.num_timesteps == 0
+
+
+# EDP: fine-tuning (its own options and the replay-buffer ones it shares), its policy, and the
+# reward-free pretraining learners (EDPExplore, and the SAC baselines with RND/count bonuses).
+EDP_ARGS = [
+    *[bad for bad in OFF_POLICY_ARGS if next(iter(bad.change)) in EDP_SHARED],
+    Bad("beta_zero", {"beta": 0.0}, ValueError, r"beta \(the temperature"),
+    Bad("beta_inf", {"beta": float("inf")}, ValueError, r"beta \(the temperature"),
+    Bad("num_candidates_zero", {"num_candidates": 0}, ValueError, r"num_candidates must be"),
+    Bad("expectile_one", {"expectile": 1.0}, ValueError, r"expectile must lie in \(0, 1\)"),
+    Bad("distill_interval_zero", {"distill_interval": 0}, ValueError, r"distill_interval must"),
+    Bad("distill_batch_zero", {"distill_batch_size": 0}, ValueError, r"distill_batch_size must"),
+    Bad("critic_warmup_negative", {"critic_warmup_steps": -1}, ValueError, r"critic_warmup"),
+]
+
+EDP_POLICY_ARGS = [
+    *[bad for bad in POLICY_ARGS if "sigma_min" not in bad.change],  # EDPPolicy has no σ
+    Bad("n_critics_zero", {"n_critics": 0}, ValueError, r"n_critics must be a positive integer"),
+    Bad("sigma_bounds", {"sigma_min": 0.1}, TypeError, r"unknown policy_kwargs \['sigma_min'\]"),
+]
+
+EXPLORE_ARGS = [
+    Bad("intrinsic_scale_zero", {"intrinsic_scale": 0.0}, ValueError, r"intrinsic_scale must"),
+    Bad("novelty_updates_zero", {"novelty_updates": 0}, ValueError, r"novelty_updates must"),
+    Bad("actor_updates_negative", {"actor_updates": -1}, ValueError, r"actor_updates must"),
+    Bad("actor_lr_zero", {"actor_learning_rate": 0.0}, ValueError, r"actor_learning_rate must"),
+    Bad("num_draws_zero", {"intrinsic_kwargs": {"num_draws": 0}}, ValueError, r"num_draws must"),
+    Bad("novelty_option", {"intrinsic_kwargs": {"bins": 3}}, TypeError, r"bins"),
+]
+
+
+def build_edp(algo_change=None, policy_change=None):
+    from flowrl.algos import EDP
+
+    policy_kwargs = dict(pretrained=pendulum_actor(), value_hidden=(16,))
+    policy_kwargs.update(policy_change or {})
+    if policy_kwargs["pretrained"] is None:
+        policy_kwargs.pop("pretrained")
+    return EDP(
+        "EDPPolicy", "Pendulum-v1", policy_kwargs=policy_kwargs, seed=0, **(algo_change or {})
+    )
+
+
+@pytest.mark.parametrize("bad", EDP_ARGS, ids=lambda b: b.name)
+def test_edp_arguments(bad):
+    with pytest.raises(bad.error, match=bad.match):
+        build_edp(algo_change=bad.change)
+
+
+@pytest.mark.parametrize("bad", EDP_POLICY_ARGS, ids=lambda b: b.name)
+def test_edp_policy_arguments(bad, tmp_path):
+    change = dict(bad.change)
+    if "pretrained" in change:
+        change["pretrained"] = policy_file(change["pretrained"], tmp_path)
+    with pytest.raises(bad.error, match=bad.match):
+        build_edp(policy_change={"pretrained": None, **change})
+
+
+@pytest.mark.parametrize("bad", LEARN_ARGS, ids=lambda b: b.name)
+@pytest.mark.parametrize("learner", ["EDP", "EDPExplore", "ExplorationSAC"])
+def test_edp_learn_arguments(bad, learner):
+    from flowrl.algos import EDPExplore, ExplorationSAC
+
+    if learner == "EDP":
+        model = build_edp()
+    elif learner == "EDPExplore":
+        model = EDPExplore("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16]))
+    else:
+        model = ExplorationSAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16]))
+    with pytest.raises(bad.error, match=bad.match):
+        model.learn(**bad.change)
+    assert model.num_timesteps == 0
+
+
+@pytest.mark.parametrize("bad", EXPLORE_ARGS, ids=lambda b: b.name)
+def test_edp_explore_arguments(bad):
+    from flowrl.algos import EDPExplore
+
+    with pytest.raises(bad.error, match=bad.match):
+        EDPExplore("MlpPolicy", "Pendulum-v1", **bad.change)
+
+
+def test_exploration_refuses_an_unknown_bonus_and_dict_observations():
+    from flowrl.algos import ExplorationSAC
+
+    with pytest.raises(ValueError, match=r"unknown intrinsic reward 'icm'; choose one of"):
+        ExplorationSAC("MlpPolicy", "Pendulum-v1", intrinsic="icm")
 
 
 def test_flowsac_refuses_discrete_actions_and_image_observations():

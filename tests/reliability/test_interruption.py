@@ -228,20 +228,24 @@ OFF_POLICY_NETS = {
         "policy.value_hidden=[16]",
     ],
     "dsrl": ["policy.net_arch=[16]"],  # and a BC actor to steer (pretrained=)
+    "edp": [  # and the pretrained flow to fine-tune (pretrained=)
+        "policy.value_hidden=[16]",
+        "algo.num_candidates=4",
+    ],
 }
 
 
-@pytest.mark.parametrize("algo", ["flowsac", "dsrl"])
+@pytest.mark.parametrize("algo", ["flowsac", "dsrl", "edp"])
 def test_off_policy_finetuning_stopped_by_ctrl_c_resumes_with_its_replay_buffer(
     tmp_path, monkeypatch, algo
 ):
-    """train.py's FlowSAC and DSRL runs: Ctrl-C writes the state now (replay buffer
+    """train.py's FlowSAC, DSRL and EDP runs: Ctrl-C writes the state now (replay buffer
     included), and the rerun of the same config resumes from it and finishes one curve."""
     from learner_helpers import pendulum_actor
 
     out = tmp_path / "run"
     overrides = [*OFF_POLICY_TINY, *OFF_POLICY_NETS[algo], f"algo={algo}", f"output_dir={out}"]
-    if algo == "dsrl":
+    if algo in ("dsrl", "edp"):
         pendulum_actor().save(tmp_path / "bc.pt")
         overrides.append(f"pretrained={tmp_path / 'bc.pt'}")
     cfg = TRAIN.compose_config(*overrides)

@@ -61,6 +61,12 @@ def flowsac_pretrained(path: Path, tmp: Path) -> Callable[[], Any]:
     return lambda: FlowSAC("FlowSACPolicy", "Pendulum-v1", policy_kwargs={"pretrained": str(path)})
 
 
+def edp_pretrained(path: Path, tmp: Path) -> Callable[[], Any]:
+    from flowrl.algos import EDP
+
+    return lambda: EDP("EDPPolicy", "Pendulum-v1", policy_kwargs={"pretrained": str(path)})
+
+
 def bc_load_checkpoint(path: Path, tmp: Path) -> Callable[[], Any]:
     return lambda: FlowBC.load_checkpoint(path, small_dataset())
 
@@ -104,6 +110,12 @@ def bc_stage_cached_actor(path: Path, tmp: Path) -> Callable[[], Any]:
     return lambda: TRAIN.train(cfg)
 
 
+def explore_stage_resume(path: Path, tmp: Path) -> Callable[[], Any]:
+    """The explore stage finds checkpoint.pt in its folder (an interrupted exploration)."""
+    cfg = pretrain.ExploreStageConfig(steps=64, learning_starts=16, batch_size=8)
+    return lambda: pretrain.explore_pretrain(cfg, "Pendulum-v1", path.parent, progress_bar=False)
+
+
 def teacher_resume(path: Path, tmp: Path) -> Callable[[], Any]:
     """The dataset stage finds its teacher's checkpoint (teacher.ckpt or teacher.pt)."""
     cfg = pretrain.DatasetStageConfig(quality="medium", teacher_timesteps=64, transitions=16)
@@ -114,12 +126,14 @@ LOADERS = [
     ("FlowActor.load", "bc.pt", actor_load),
     *[(f"{name}(pretrained=)", "bc.pt", pretrained(name)) for name in sorted(LEARNERS)],
     ("flowsac(pretrained=)", "bc.pt", flowsac_pretrained),
+    ("edp(pretrained=)", "prior.pt", edp_pretrained),
     ("FlowBC.load_checkpoint", "trainer.ckpt", bc_load_checkpoint),
     ("TrainingCheckpoint.load", "checkpoint.pt", training_checkpoint),
     ("load_checkpoint_file", "any.pt", any_checkpoint_file),
     ("train.py resume", "run/checkpoint.pt", finetune_resume),
     ("bc stage resume", "bc/trainer.ckpt", bc_stage_resume),
     ("bc stage actor", "bc/bc.pt", bc_stage_cached_actor),
+    ("explore stage resume", "explore/checkpoint.pt", explore_stage_resume),
     ("dataset stage teacher.ckpt", "dataset/teacher.ckpt", teacher_resume),
     ("dataset stage teacher.pt", "dataset/teacher.pt", teacher_resume),
 ]

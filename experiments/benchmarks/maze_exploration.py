@@ -217,6 +217,15 @@ def run_finetune(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- summary
 
 
+CHECKPOINTS = (5000, 10000, 20000)
+
+
+def _cells_at(run: dict[str, Any], steps: int) -> float:
+    """Coverage of the last history row at or before ``steps`` env steps."""
+    rows = [h for h in run["history"] if h["timesteps"] <= steps]
+    return float(rows[-1]["cells"]) if rows else float("nan")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
@@ -226,9 +235,9 @@ def summarize(args: argparse.Namespace) -> None:
     runs = [json.loads(p.read_text()) for p in sorted((out / "explore").glob("*.json"))]
     table: dict[str, dict[str, Any]] = {}
     lines = [
-        "| maze | method | seeds | env steps | coverage (cells) | visitation entropy (norm.) "
-        "| wall (min) |",
-        "|---|---|---|---|---|---|---|",
+        "| maze | method | seeds | env steps | cells at 5k | cells at 10k | cells at 20k | cells "
+        "at the end | visitation entropy (norm.), end | mean cells over the run | wall (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for maze in ENV_IDS:
         for method in METHODS:
@@ -237,6 +246,8 @@ def summarize(args: argparse.Namespace) -> None:
                 continue
             cells = [r["cells"] for r in rows]
             ent = [r["entropy_normalized"] for r in rows]
+            at = {k: [_cells_at(r, k) for r in rows] for k in CHECKPOINTS}
+            auc = [float(np.mean([h["cells"] for h in r["history"]])) for r in rows]
             c_mean, c_std = _mean_std(cells)
             e_mean, e_std = _mean_std(ent)
             table.setdefault(maze, {})[method] = dict(
@@ -245,14 +256,18 @@ def summarize(args: argparse.Namespace) -> None:
                 cells=cells,
                 cells_mean=c_mean,
                 cells_std=c_std,
+                cells_at={str(k): v for k, v in at.items()},
+                mean_cells_over_run=auc,
                 entropy_normalized=ent,
                 entropy_mean=e_mean,
                 entropy_std=e_std,
                 wall_s=[r["wall_s"] for r in rows],
             )
+            fmt = lambda xs: "{:.2f} ± {:.2f}".format(*_mean_std(xs))  # noqa: E731
             lines.append(
-                f"| {maze} | {method} | {len(rows)} | {rows[0]['steps']} | {c_mean:.3f} ± "
-                f"{c_std:.3f} | {e_mean:.3f} ± {e_std:.3f} | "
+                f"| {maze} | {method} | {len(rows)} | {rows[0]['steps']} | "
+                + " | ".join(fmt(at[k]) for k in CHECKPOINTS)
+                + f" | {fmt(cells)} | {fmt(ent)} | {fmt(auc)} | "
                 f"{np.mean([r['wall_s'] for r in rows]) / 60:.1f} |"
             )
     ft_runs = [json.loads(p.read_text()) for p in sorted((out / "finetune").glob("*.json"))]

@@ -18,11 +18,16 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import GymEnv
 
 from flowrl.policies.base import FlowPolicyBase, check_spaces
 
-__all__ = ["FlowLearner", "check_total_timesteps"]
+__all__ = ["WARMUPS", "FlowLearner", "OffPolicyFlowLearner", "check_total_timesteps"]
+
+#: Actions before ``learning_starts`` of the replay-buffer flow learners.
+WARMUPS = ("auto", "policy", "uniform")
 
 SelfLearner = TypeVar("SelfLearner", bound="FlowLearner")
 
@@ -200,3 +205,64 @@ class FlowLearner:
                 f"{name} is not a readable {cls.__name__} checkpoint: the file is damaged or "
                 f"truncated, or is not an SB3 .zip ({type(err).__name__}: {err})"
             ) from None
+
+
+class OffPolicyFlowLearner(FlowLearner):
+    """The replay-buffer flow learners' shared pieces: replay buffer and warm-up actions.
+
+    Placed before ``OffPolicyAlgorithm`` in the bases (FlowSAC, EDP). ``warmup``
+    (``"policy"`` or ``"uniform"``, resolved from ``"auto"`` by the learner) says what acts
+    before ``learning_starts``.
+    """
+
+    warmup: str
+    replay_buffer: ReplayBuffer | None
+
+    @staticmethod
+    def resolve_warmup(warmup: str, pretrained: bool) -> str:
+        """``"auto"`` → ``"policy"`` for a pretrained flow, ``"uniform"`` for a fresh one.
+
+        Raises:
+            ValueError: For a value not in :data:`WARMUPS`.
+        """
+        if warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
+        if warmup == "auto":
+            return "policy" if pretrained else "uniform"
+        return warmup
+
+    def _make_replay_buffer(self) -> None:
+        """SB3's replay buffer of the env's transitions (y ∈ [−1, 1]^Da as actions)."""
+        if self.replay_buffer_class is None:  # type: ignore[has-type]
+            self.replay_buffer_class = ReplayBuffer
+        if self.replay_buffer is None:
+            self.replay_buffer = self.replay_buffer_class(
+                self.buffer_size,  # type: ignore[attr-defined]
+                self.observation_space,  # type: ignore[attr-defined]
+                self.action_space,  # type: ignore[attr-defined]
+                device=self.device,  # type: ignore[attr-defined]
+                n_envs=self.n_envs,  # type: ignore[attr-defined]
+                optimize_memory_usage=self.optimize_memory_usage,  # type: ignore[attr-defined]
+                **(self.replay_buffer_kwargs or {}),  # type: ignore[attr-defined]
+            )
+
+    def _sample_action(
+        self,
+        learning_starts: int,
+        action_noise: ActionNoise | None = None,
+        n_envs: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Env actions and the buffer's actions (y ∈ [−1, 1]^Da) for one step of every env.
+
+        Before ``learning_starts``, ``warmup="uniform"`` samples the box; otherwise the
+        flow's stochastic policy acts (SB3's rule, with the warm-up choice added).
+        """
+        if self.num_timesteps < learning_starts and self.warmup == "uniform":  # type: ignore[attr-defined]
+            env_actions = np.array([self.action_space.sample() for _ in range(n_envs)])  # type: ignore[attr-defined]
+        else:
+            assert self._last_obs is not None, "self._last_obs was not set"  # type: ignore[attr-defined]
+            env_actions, _ = self.predict(self._last_obs, deterministic=False)  # type: ignore[attr-defined]
+        buffer_actions = self.policy.scale_action(env_actions)
+        if action_noise is not None:
+            buffer_actions = np.clip(buffer_actions + action_noise(), -1, 1)
+        return self.policy.unscale_action(buffer_actions), buffer_actions

@@ -60,9 +60,9 @@ from stable_baselines3.common.utils import polyak_update
 from torch import Tensor
 from torch.nn import functional as F
 
-from flowrl.algos.common import FlowLearner
+from flowrl.algos.common import OffPolicyFlowLearner
 from flowrl.algos.exploration import IntrinsicRewardMixin
-from flowrl.algos.flow_sac import WARMUPS, FlowSAC, check_off_policy_args
+from flowrl.algos.flow_sac import FlowSAC, check_off_policy_args
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.losses import flow_matching_loss
 from flowrl.policies.edp import EDPPolicy
@@ -95,15 +95,30 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
 # ====================================================================== pretraining
 
 
-class _PriorFitMixin:
-    """Fits the flow policy π_pre to the replay buffer's actions by flow matching."""
+class _ExploreMixin(IntrinsicRewardMixin):
+    """EDP's pretraining on top of an SB3 off-policy learner.
+
+    The score intrinsic reward (:class:`~flowrl.algos.exploration.IntrinsicRewardMixin` with
+    ``"score"``) and π_pre, a flow policy fitted by flow matching to the replay buffer's
+    actions on every batch.
+    """
 
     prior_actor: FlowActor
     prior_optimizer: torch.optim.Optimizer
 
-    def _init_prior(
-        self, actor_config: dict[str, Any] | None, actor_learning_rate: float, actor_updates: int
-    ) -> None:
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        *,
+        intrinsic_kwargs: dict[str, Any] | None = None,
+        intrinsic_scale: float = 1.0,
+        novelty_updates: int = 1,
+        actor_config: dict[str, Any] | None = None,
+        actor_learning_rate: float = 3e-4,
+        actor_updates: int = 1,
+        **kwargs: Any,
+    ):
         if not actor_learning_rate > 0:
             raise ValueError(f"actor_learning_rate must be > 0, got {actor_learning_rate!r}")
         if isinstance(actor_updates, bool) or not (
@@ -113,8 +128,18 @@ class _PriorFitMixin:
         self.actor_config = dict(actor_config or {})
         self.actor_learning_rate = float(actor_learning_rate)
         self.actor_updates = actor_updates
+        super().__init__(
+            policy,
+            env,
+            intrinsic="score",
+            intrinsic_kwargs=intrinsic_kwargs,
+            intrinsic_scale=intrinsic_scale,
+            novelty_updates=novelty_updates,
+            **kwargs,
+        )
 
-    def _setup_prior(self) -> None:
+    def _setup_model(self) -> None:
+        super()._setup_model()
         obs_space, action_space = self.observation_space, self.action_space  # type: ignore[attr-defined]
         if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
             raise ValueError(f"EDP needs Box actions of shape (Da,), got {action_space}")
@@ -149,8 +174,8 @@ class _PriorFitMixin:
 
     def _relabel(self, data: ReplayBufferSamples) -> ReplayBufferSamples:
         for loss in self._fit_prior(data):
-            self._intrinsic_stats.setdefault("prior_loss", []).append(loss)  # type: ignore[attr-defined]
-        return super()._relabel(data)  # type: ignore[misc]
+            self._intrinsic_stats.setdefault("prior_loss", []).append(loss)
+        return super()._relabel(data)
 
     @property
     def pretrained_actor(self) -> FlowActor:
@@ -161,24 +186,15 @@ class _PriorFitMixin:
         """Write π_pre as a :class:`~flowrl.policies.FlowActor` checkpoint (no pickle)."""
         self.pretrained_actor.save(path)
 
-    def _prior_torch_params(self) -> list[str]:
-        return ["prior_actor", "prior_optimizer"]
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        return [*state_dicts, "prior_actor", "prior_optimizer"], variables
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "prior_actor", "prior_optimizer"]
 
 
-def _explore_init(
-    self: Any,
-    intrinsic_kwargs: dict[str, Any] | None,
-    intrinsic_scale: float,
-    novelty_updates: int,
-    actor_config: dict[str, Any] | None,
-    actor_learning_rate: float,
-    actor_updates: int,
-) -> None:
-    self._init_intrinsic("score", intrinsic_kwargs, intrinsic_scale, novelty_updates)
-    self._init_prior(actor_config, actor_learning_rate, actor_updates)
-
-
-class EDPExplore(_PriorFitMixin, IntrinsicRewardMixin, SAC):
+class EDPExplore(_ExploreMixin, SAC):
     """EDP's reward-free pretraining with a Gaussian behaviour policy (SB3's SAC).
 
     Args:
@@ -196,98 +212,18 @@ class EDPExplore(_PriorFitMixin, IntrinsicRewardMixin, SAC):
         **kwargs: SB3 SAC's arguments.
     """
 
-    def __init__(
-        self,
-        policy: Any,
-        env: Any,
-        *,
-        intrinsic_kwargs: dict[str, Any] | None = None,
-        intrinsic_scale: float = 1.0,
-        novelty_updates: int = 1,
-        actor_config: dict[str, Any] | None = None,
-        actor_learning_rate: float = 3e-4,
-        actor_updates: int = 1,
-        _init_setup_model: bool = True,
-        **kwargs: Any,
-    ):
-        _explore_init(
-            self,
-            intrinsic_kwargs,
-            intrinsic_scale,
-            novelty_updates,
-            actor_config,
-            actor_learning_rate,
-            actor_updates,
-        )
-        super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        if _init_setup_model:
-            self._setup_model()
 
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_intrinsic()
-        self._setup_prior()
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "prior_actor", "prior_optimizer"]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        extra = self._intrinsic_torch_params() + self._prior_torch_params()
-        return [*state_dicts, *extra], variables
-
-
-class EDPExploreFlow(_PriorFitMixin, IntrinsicRewardMixin, FlowSAC):
+class EDPExploreFlow(_ExploreMixin, FlowSAC):
     """:class:`EDPExplore` with a flow behaviour policy (FlowSAC's noisy chain) instead.
 
     Takes FlowSAC's arguments (``"FlowSACPolicy"``) plus EDPExplore's own.
     """
 
-    def __init__(
-        self,
-        policy: Any,
-        env: Any,
-        *,
-        intrinsic_kwargs: dict[str, Any] | None = None,
-        intrinsic_scale: float = 1.0,
-        novelty_updates: int = 1,
-        actor_config: dict[str, Any] | None = None,
-        actor_learning_rate: float = 3e-4,
-        actor_updates: int = 1,
-        _init_setup_model: bool = True,
-        **kwargs: Any,
-    ):
-        _explore_init(
-            self,
-            intrinsic_kwargs,
-            intrinsic_scale,
-            novelty_updates,
-            actor_config,
-            actor_learning_rate,
-            actor_updates,
-        )
-        super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        if _init_setup_model:
-            self._setup_model()
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_intrinsic()
-        self._setup_prior()
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "prior_actor", "prior_optimizer"]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        extra = self._intrinsic_torch_params() + self._prior_torch_params()
-        return [*state_dicts, *extra], variables
-
 
 # ====================================================================== fine-tuning
 
 
-class EDP(FlowLearner, OffPolicyAlgorithm):
+class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
     """EDP fine-tuning: IQL critics and distillation toward π_pre·exp(Q/β), alternating.
 
     Args:
@@ -390,8 +326,6 @@ class EDP(FlowLearner, OffPolicyAlgorithm):
             raise ValueError(f"expectile must lie in (0, 1), got {expectile!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        if warmup not in WARMUPS:
-            raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
         self.beta = float(beta)
         self.num_candidates = int(num_candidates)
         self.expectile = float(expectile)
@@ -400,7 +334,7 @@ class EDP(FlowLearner, OffPolicyAlgorithm):
         self.critic_warmup_steps = int(critic_warmup_steps)
         self.max_grad_norm = max_grad_norm
         pretrained = isinstance(policy, EDPPolicy) or bool((policy_kwargs or {}).get("pretrained"))
-        self.warmup = ("policy" if pretrained else "uniform") if warmup == "auto" else warmup
+        self.warmup = self.resolve_warmup(warmup, pretrained)
         super().__init__(
             policy,  # type: ignore[arg-type]
             env,
@@ -433,34 +367,7 @@ class EDP(FlowLearner, OffPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_policy()
         self._convert_train_freq()
-        if self.replay_buffer_class is None:
-            self.replay_buffer_class = ReplayBuffer
-        if self.replay_buffer is None:
-            self.replay_buffer = self.replay_buffer_class(
-                self.buffer_size,
-                self.observation_space,
-                self.action_space,
-                device=self.device,
-                n_envs=self.n_envs,
-                optimize_memory_usage=self.optimize_memory_usage,
-                **(self.replay_buffer_kwargs or {}),
-            )
-
-    # ------------------------------------------------------------------ acting
-
-    def _sample_action(
-        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Env actions and buffer actions (y ∈ [−1, 1]^Da) for one step of every env."""
-        if self.num_timesteps < learning_starts and self.warmup == "uniform":
-            env_actions = np.array([self.action_space.sample() for _ in range(n_envs)])
-        else:
-            assert self._last_obs is not None, "self._last_obs was not set"
-            env_actions, _ = self.predict(self._last_obs, deterministic=False)
-        buffer_actions = self.policy.scale_action(env_actions)
-        if action_noise is not None:
-            buffer_actions = np.clip(buffer_actions + action_noise(), -1, 1)
-        return self.policy.unscale_action(buffer_actions), buffer_actions
+        self._make_replay_buffer()
 
     # ------------------------------------------------------------------ losses
 

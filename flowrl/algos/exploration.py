@@ -437,13 +437,18 @@ class IntrinsicRewardMixin:
     intrinsic_scale: float
     novelty_updates: int
 
-    def _init_intrinsic(
+    def __init__(
         self,
-        intrinsic: str,
-        intrinsic_kwargs: dict[str, Any] | None,
-        intrinsic_scale: float,
-        novelty_updates: int,
-    ) -> None:
+        policy: Any,
+        env: Any,
+        *,
+        intrinsic: str = "rnd",
+        intrinsic_kwargs: dict[str, Any] | None = None,
+        intrinsic_scale: float = 1.0,
+        novelty_updates: int = 1,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ):
         if not (isinstance(intrinsic_scale, (int, float)) and intrinsic_scale > 0):
             raise ValueError(f"intrinsic_scale must be > 0, got {intrinsic_scale!r}")
         if isinstance(novelty_updates, bool) or not (
@@ -458,6 +463,13 @@ class IntrinsicRewardMixin:
         self.intrinsic_kwargs = dict(intrinsic_kwargs or {})
         self.intrinsic_scale = float(intrinsic_scale)
         self.novelty_updates = novelty_updates
+        super().__init__(policy, env, _init_setup_model=False, **kwargs)  # type: ignore[call-arg]
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()  # type: ignore[misc]
+        self._setup_intrinsic()
 
     def _setup_intrinsic(self) -> None:
         obs_dim = _check_box_obs(self.observation_space, type(self).__name__)  # type: ignore[attr-defined]
@@ -516,19 +528,16 @@ class IntrinsicRewardMixin:
         for key, values in self._intrinsic_stats.items():
             self.logger.record(f"intrinsic/{key}", float(np.mean(values)))  # type: ignore[attr-defined]
 
-    def _intrinsic_torch_params(self) -> list[str]:
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()  # type: ignore[misc]
         names = ["novelty_model", "reward_moments"]
         if self.novelty_model.optimizer is not None:
             names.append("novelty_model.optimizer")
-        return names
+        return [*state_dicts, *names], variables
 
     def _excluded_save_params(self) -> list[str]:
-        return [
-            *super()._excluded_save_params(),
-            "novelty_model",
-            "reward_moments",
-            "_intrinsic_stats",
-        ]  # type: ignore[misc]
+        excluded = super()._excluded_save_params()  # type: ignore[misc]
+        return [*excluded, "novelty_model", "reward_moments", "_intrinsic_stats"]
 
 
 class ExplorationSAC(IntrinsicRewardMixin, SAC):
@@ -547,31 +556,6 @@ class ExplorationSAC(IntrinsicRewardMixin, SAC):
         ValueError: For an unknown intrinsic reward, bad scales, or observations that are not
             a flat Box.
     """
-
-    def __init__(
-        self,
-        policy: Any,
-        env: Any,
-        *,
-        intrinsic: str = "rnd",
-        intrinsic_kwargs: dict[str, Any] | None = None,
-        intrinsic_scale: float = 1.0,
-        novelty_updates: int = 1,
-        _init_setup_model: bool = True,
-        **kwargs: Any,
-    ):
-        self._init_intrinsic(intrinsic, intrinsic_kwargs, intrinsic_scale, novelty_updates)
-        super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        if _init_setup_model:
-            self._setup_model()
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_intrinsic()
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        return [*state_dicts, *self._intrinsic_torch_params()], variables
 
 
 def intrinsic_options() -> dict[str, list[str]]:

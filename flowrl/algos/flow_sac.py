@@ -41,15 +41,13 @@ from stable_baselines3.common.utils import polyak_update
 from torch import Tensor
 from torch.nn import functional as F
 
-from flowrl.algos.common import FlowLearner
+from flowrl.algos.common import WARMUPS, OffPolicyFlowLearner
 from flowrl.policies.flow_sac import FlowSACPolicy
 
 __all__ = ["WARMUPS", "FlowSAC"]
 
-WARMUPS = ("auto", "policy", "uniform")
 
-
-class FlowSAC(FlowLearner, OffPolicyAlgorithm):
+class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
     """SAC on a noise-injected flow actor (:class:`~flowrl.policies.FlowSACPolicy`).
 
     Args:
@@ -154,8 +152,6 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
             raise ValueError(f"bc_coef must be >= 0, got {bc_coef!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        if warmup not in WARMUPS:
-            raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
         self.ent_coef = _check_ent_coef(ent_coef)
         self.target_entropy_per_term = _check_target_entropy(target_entropy)
         self.target_update_interval = target_update_interval
@@ -165,7 +161,7 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
         pretrained = isinstance(policy, FlowSACPolicy) or bool(
             (policy_kwargs or {}).get("pretrained")
         )
-        self.warmup = ("policy" if pretrained else "uniform") if warmup == "auto" else warmup
+        self.warmup = self.resolve_warmup(warmup, pretrained)
         self.log_ent_coef: Tensor | None = None
         self.ent_coef_optimizer: torch.optim.Optimizer | None = None
         super().__init__(
@@ -217,48 +213,10 @@ class FlowSAC(FlowLearner, OffPolicyAlgorithm):
         else:
             self.ent_coef_tensor = torch.tensor(float(self.ent_coef), device=self.device)
 
-    def _make_replay_buffer(self) -> None:
-        """SB3's replay buffer of the env's transitions (y ∈ [−1, 1]^Da as actions)."""
-        if self.replay_buffer_class is None:
-            self.replay_buffer_class = ReplayBuffer
-        if self.replay_buffer is None:
-            self.replay_buffer = self.replay_buffer_class(
-                self.buffer_size,
-                self.observation_space,
-                self.action_space,
-                device=self.device,
-                n_envs=self.n_envs,
-                optimize_memory_usage=self.optimize_memory_usage,
-                **(self.replay_buffer_kwargs or {}),
-            )
-
     def entropy_terms(self) -> int:
         """n, the Gaussian terms of a chain: (K + [c > 0])·Da."""
         action_dim = self.action_space.shape[0]  # type: ignore[index]
         return (self.policy.num_steps + int(self.policy.initial_std > 0)) * action_dim
-
-    # ================================================================== acting
-
-    def _sample_action(
-        self,
-        learning_starts: int,
-        action_noise: ActionNoise | None = None,
-        n_envs: int = 1,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Env actions and the buffer's actions (y ∈ [−1, 1]^Da) for one step of every env.
-
-        Before ``learning_starts``, ``warmup="uniform"`` samples the box; otherwise the
-        flow's stochastic chain acts (SB3's rule, with the warm-up choice added).
-        """
-        if self.num_timesteps < learning_starts and self.warmup == "uniform":
-            env_actions = np.array([self.action_space.sample() for _ in range(n_envs)])
-        else:
-            assert self._last_obs is not None, "self._last_obs was not set"
-            env_actions, _ = self.predict(self._last_obs, deterministic=False)
-        buffer_actions = self.policy.scale_action(env_actions)
-        if action_noise is not None:
-            buffer_actions = np.clip(buffer_actions + action_noise(), -1, 1)
-        return self.policy.unscale_action(buffer_actions), buffer_actions
 
     # ================================================================== update
 

@@ -14,7 +14,6 @@ value V(o) fitted by expectile regression.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
@@ -23,13 +22,13 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
 from flowrl.flow.integrators import integrate
-from flowrl.nets.mlp import MLP
 from flowrl.policies.base import FlowPolicyBase
+from flowrl.policies.flow_sac import QCritics
 
 __all__ = ["EDPPolicy"]
 
 
-class EDPPolicy(FlowPolicyBase):
+class EDPPolicy(QCritics, FlowPolicyBase):
     """Flow actor (ODE sampling from a random start) with IQL's Q- and V-critics.
 
     Args:
@@ -65,12 +64,7 @@ class EDPPolicy(FlowPolicyBase):
         net_arch: list[int] | dict[str, list[int]] | None = None,
         **kwargs: Any,
     ):
-        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
-            raise ValueError(f"n_critics must be a positive integer, got {n_critics!r}")
-        self.n_critics = n_critics
-        self.critic_layer_norm = bool(critic_layer_norm)
-        if isinstance(net_arch, dict) and "qf" in net_arch:
-            net_arch = {("vf" if k == "qf" else k): v for k, v in net_arch.items()}
+        net_arch = self._q_options(n_critics, critic_layer_norm, net_arch)
         super().__init__(
             observation_space,
             action_space,
@@ -90,14 +84,8 @@ class EDPPolicy(FlowPolicyBase):
         return list(self.actor.parameters())
 
     def _build_critic(self, obs_dim: int, action_dim: int) -> None:
-        def mlp(in_dim: int) -> MLP:
-            return MLP(
-                in_dim, 1, self.value_hidden, act=self.value_act, layer_norm=self.critic_layer_norm
-            )
-
-        self.critic = nn.ModuleList(mlp(obs_dim + action_dim) for _ in range(self.n_critics))
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value_net = mlp(obs_dim)
+        self._build_q_critics(obs_dim, action_dim)
+        self.value_net = self._q_net(obs_dim)
 
     def _critic_parameters(self) -> list[nn.Parameter]:
         return list(self.critic.parameters()) + list(self.value_net.parameters())
@@ -108,13 +96,6 @@ class EDPPolicy(FlowPolicyBase):
         return data
 
     # ------------------------------------------------------------------ critics
-
-    def q_values(self, obs: Tensor, actions: Tensor, target: bool = False) -> Tensor:
-        """Q_i(o, y) of every critic, shape (n_critics, B); y ∈ [−1, 1]^Da (buffer actions)."""
-        obs_n = self.actor.normalize_obs(self._cast(obs))
-        inputs = torch.cat([obs_n, actions.to(obs_n.dtype)], dim=-1)
-        nets = self.critic_target if target else self.critic
-        return torch.stack([net(inputs).squeeze(-1) for net in nets])
 
     def state_values(self, obs: Tensor) -> Tensor:
         """V(o), shape (B,)."""

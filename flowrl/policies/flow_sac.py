@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from flowrl.nets.mlp import MLP
 from flowrl.policies.flow_policy import FlowPolicy
 
-__all__ = ["SQUASHES", "FlowSACPolicy", "tanh_log_det"]
+__all__ = ["SQUASHES", "FlowSACPolicy", "QCritics", "tanh_log_det"]
 
 Squash = Literal["auto", "tanh", "clip"]
 SQUASHES = ("auto", "tanh", "clip")
@@ -58,7 +58,67 @@ def tanh_log_det(x: Tensor) -> Tensor:
     return (2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))).sum(dim=-1)
 
 
-class FlowSACPolicy(FlowPolicy):
+class QCritics:
+    """Action-value critics Q_i(o, y) and their Polyak targets, for replay-buffer flow policies.
+
+    A mixin of :class:`~flowrl.policies.base.FlowPolicyBase` subclasses (FlowSAC's and EDP's
+    policies): :meth:`_q_options` checks the options before the base constructor runs,
+    :meth:`_build_q_critics` builds the critics from it.
+    """
+
+    n_critics: int
+    critic_layer_norm: bool
+    value_hidden: tuple[int, ...]
+    value_act: str
+    actor: Any
+    critic: nn.ModuleList
+    critic_target: nn.ModuleList
+
+    def _q_options(
+        self,
+        n_critics: int,
+        critic_layer_norm: bool,
+        net_arch: list[int] | dict[str, list[int]] | None,
+    ) -> list[int] | dict[str, list[int]] | None:
+        """Store the critic options; SB3's ``net_arch`` with ``qf`` (SAC's name) read as ``vf``.
+
+        Raises:
+            ValueError: For ``n_critics`` < 1.
+        """
+        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
+            raise ValueError(f"n_critics must be a positive integer, got {n_critics!r}")
+        self.n_critics = n_critics
+        self.critic_layer_norm = bool(critic_layer_norm)
+        if isinstance(net_arch, dict) and "qf" in net_arch:  # SB3's SAC names the critic qf
+            net_arch = {("vf" if k == "qf" else k): v for k, v in net_arch.items()}
+        return net_arch
+
+    def _q_net(self, in_dim: int) -> MLP:
+        return MLP(
+            in_dim, 1, self.value_hidden, act=self.value_act, layer_norm=self.critic_layer_norm
+        )
+
+    def _build_q_critics(self, obs_dim: int, action_dim: int) -> None:
+        self.critic = nn.ModuleList(
+            self._q_net(obs_dim + action_dim) for _ in range(self.n_critics)
+        )
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def q_values(self, obs: Tensor, actions: Tensor, target: bool = False) -> Tensor:
+        """Q_i(o, y) of every critic, shape (n_critics, B).
+
+        Args:
+            obs: Raw observations, shape (B, Do) (normalized by the actor's normalizer).
+            actions: Squashed actions y ∈ [−1, 1]^Da, shape (B, Da) (the replay buffer's).
+            target: Use the target critics.
+        """
+        obs_n = self.actor.normalize_obs(self._cast(obs))  # type: ignore[attr-defined]
+        inputs = torch.cat([obs_n, actions.to(obs_n.dtype)], dim=-1)
+        nets = self.critic_target if target else self.critic
+        return torch.stack([net(inputs).squeeze(-1) for net in nets])
+
+
+class FlowSACPolicy(QCritics, FlowPolicy):
     """Noise-injected flow actor for SAC, with twin Q-critics and their targets.
 
     Args:
@@ -98,15 +158,10 @@ class FlowSACPolicy(FlowPolicy):
     ):
         if squash not in SQUASHES:
             raise ValueError(f"squash must be one of {SQUASHES}, got {squash!r}")
-        if isinstance(n_critics, bool) or not isinstance(n_critics, int) or n_critics < 1:
-            raise ValueError(f"n_critics must be a positive integer, got {n_critics!r}")
         if squash == "auto":
             squash = "clip" if kwargs.get("pretrained") is not None else "tanh"
         self.squash: str = squash
-        self.n_critics = n_critics
-        self.critic_layer_norm = bool(critic_layer_norm)
-        if isinstance(net_arch, dict) and "qf" in net_arch:  # SB3's SAC names the critic qf
-            net_arch = {("vf" if k == "qf" else k): v for k, v in net_arch.items()}
+        net_arch = self._q_options(n_critics, critic_layer_norm, net_arch)
         super().__init__(
             observation_space,
             action_space,
@@ -119,17 +174,7 @@ class FlowSACPolicy(FlowPolicy):
     # ------------------------------------------------------------------ critics
 
     def _build_critic(self, obs_dim: int, action_dim: int) -> None:
-        self.critic = nn.ModuleList(
-            MLP(
-                obs_dim + action_dim,
-                1,
-                self.value_hidden,
-                act=self.value_act,
-                layer_norm=self.critic_layer_norm,
-            )
-            for _ in range(self.n_critics)
-        )
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self._build_q_critics(obs_dim, action_dim)
 
     def _critic_parameters(self) -> list[nn.Parameter]:
         return list(self.critic.parameters())
@@ -140,19 +185,6 @@ class FlowSACPolicy(FlowPolicy):
             squash=self.squash, n_critics=self.n_critics, critic_layer_norm=self.critic_layer_norm
         )
         return data
-
-    def q_values(self, obs: Tensor, actions: Tensor, target: bool = False) -> Tensor:
-        """Q_i(o, y) of every critic, shape (n_critics, B).
-
-        Args:
-            obs: Raw observations, shape (B, Do) (normalized by the actor's normalizer).
-            actions: Squashed actions y ∈ [−1, 1]^Da, shape (B, Da) (the replay buffer's).
-            target: Use the target critics.
-        """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
-        inputs = torch.cat([obs_n, actions.to(obs_n.dtype)], dim=-1)
-        nets = self.critic_target if target else self.critic
-        return torch.stack([net(inputs).squeeze(-1) for net in nets])
 
     def predict_values(self, obs: Tensor) -> Tensor:
         """Not defined: SAC learns action values; use :meth:`q_values`."""

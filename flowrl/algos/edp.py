@@ -249,8 +249,9 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
         max_grad_norm: Clip of the actor's gradient norm (None: no clipping).
         warmup: Actions before ``learning_starts``: ``"policy"`` (the pretrained flow),
             ``"uniform"`` (the box), ``"auto"`` (policy if pretrained, else uniform).
-        **kwargs: SB3 ``OffPolicyAlgorithm`` arguments (``replay_buffer_class``,
-            ``policy_kwargs``, ``tensorboard_log``, ``verbose``, ``seed``, ``device``, …).
+
+    The other arguments are SB3 ``OffPolicyAlgorithm``'s (``replay_buffer_class``,
+    ``policy_kwargs``, ``tensorboard_log``, ``verbose``, ``seed``, ``device``, …).
 
     Raises:
         ValueError: Naming a bad argument and its valid range.

@@ -308,22 +308,42 @@ def summarize(args: argparse.Namespace) -> None:
 
 
 def _plots(out: Path, runs: list[dict[str, Any]]) -> None:
+    """Visited positions of seed 0: one PNG per maze and method, and all of them in a grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[tuple[str, str], Path] = {}
     for maze in ENV_IDS:
         for method in METHODS:
             path = out / "explore" / f"{maze}_{method}_s0.npz"
-            if path.exists():
-                xy = np.load(path)["xy"]
-                cov = next(
-                    r
-                    for r in runs
-                    if r["maze"] == maze and r["method"] == method and r["seed"] == 0
-                )
-                plot_visits(
-                    xy,
+            run = [
+                r for r in runs if r["maze"] == maze and r["method"] == method and r["seed"] == 0
+            ]
+            if path.exists() and run:
+                made[maze, method] = plot_visits(
+                    np.load(path)["xy"],
                     maze_layout(maze),
                     out / f"visits_{maze}_{method}.png",
-                    title=f"{maze} {method} seed 0: {cov['cells']:.2f} of cells",
+                    title=f"{maze}, {method}, seed 0: {run[0]['cells']:.2f} of cells, "
+                    f"H/Hmax {run[0]['entropy_normalized']:.2f}",
                 )
+    mazes = [m for m in ENV_IDS if any((m, k) in made for k in METHODS)]
+    if not mazes:
+        return
+    fig, axes = plt.subplots(
+        len(mazes), len(METHODS), figsize=(4 * len(METHODS), 3.2 * len(mazes)), squeeze=False
+    )
+    for i, maze in enumerate(mazes):
+        for j, method in enumerate(METHODS):
+            ax = axes[i][j]
+            ax.axis("off")
+            if (maze, method) in made:
+                ax.imshow(plt.imread(made[maze, method]))
+    fig.tight_layout()
+    fig.savefig(out.parent / "maze_exploration.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:

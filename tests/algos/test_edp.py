@@ -454,3 +454,42 @@ def test_state_model_refuses_observations_it_cannot_take():
         EDPExplore("MultiInputPolicy", DictObs())
     with pytest.raises(ValueError, match="shape"):
         ScoreNovelty(4).novelty(torch.zeros(3, 5))
+
+
+# ---------------------------------------------------------------------- the SB3 surface
+
+
+def test_edp_behaves_as_an_sb3_algorithm(tmp_path):
+    """Callbacks, TensorBoard (a run named EDP), evaluate_policy and batched predict."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class Count(BaseCallback):
+        calls = 0
+
+        def _on_step(self) -> bool:
+            Count.calls += 1
+            return True
+
+    explore = _explore()
+    model = EDP(
+        "EDPPolicy",
+        make_vec_env("Pendulum-v1", n_envs=2, seed=0),
+        policy_kwargs=dict(pretrained=explore.pretrained_actor, value_hidden=(16,)),
+        learning_starts=20,
+        batch_size=16,
+        num_candidates=4,
+        tensorboard_log=str(tmp_path / "tb"),
+        seed=0,
+    )
+    model.learn(60, callback=Count())
+    assert Count.calls == 30  # one call per vectorized step of 2 envs
+    runs = list((tmp_path / "tb").iterdir())
+    assert [run.name for run in runs] == ["EDP_1"]
+    from stable_baselines3.common.monitor import Monitor
+
+    mean, _ = evaluate_policy(model, Monitor(gym.make("Pendulum-v1", max_episode_steps=20)), 2)
+    assert np.isfinite(mean)
+    actions, _ = model.predict(np.zeros((5, 3), dtype=np.float32), deterministic=False)
+    assert actions.shape == (5, 1) and np.all(np.abs(actions) <= 2.0)

@@ -42,7 +42,6 @@ except ImportError:  # Windows: stage and run folders are not locked
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from flowrl.algos import EDPExplore, EDPExploreFlow
@@ -536,30 +535,6 @@ def check_explore(cfg: ExploreStageConfig) -> None:
             )
 
 
-class _ResumableCoverage(CoverageCallback):
-    """A :class:`~flowrl.callbacks.CoverageCallback` whose counts travel in a checkpoint.
-
-    The explore stage keeps the visit histogram and the history rows in its training
-    checkpoint, so a resumed stage reports the coverage of all its env steps.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        """The histogram, the number of positions counted and the history (plain data)."""
-        return {
-            "counts": torch.from_numpy(self._counts.copy()),
-            "num_points": int(self._num_points),
-            "history": [dict(row) for row in self.history],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s counts."""
-        self._counts[...] = state["counts"].numpy()
-        self._num_points = int(state["num_points"])
-        self.history = [dict(row) for row in state["history"]]
-        if self.history:
-            self._last_log_step = int(self.history[-1]["timesteps"])
-
-
 def explore_pretrain(
     cfg: ExploreStageConfig,
     env_id: str,
@@ -649,7 +624,7 @@ def _explore(
         verbose=verbose,
     )
     maze = maze_of(env_id)
-    coverage = _ResumableCoverage(maze, EXPLORE_COVERAGE_FREQ, keep_points=False) if maze else None
+    coverage = CoverageCallback(maze, EXPLORE_COVERAGE_FREQ, keep_points=False) if maze else None
     timer = {"before": 0.0, "start": time.perf_counter()}  # seconds of earlier sessions, now
 
     def extra() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
@@ -384,6 +385,26 @@ class CoverageCallback(BaseCallback):
         # The history always ends at the last step, even between two logging points.
         if self._last_log_step != self.model.num_timesteps:
             self.log_row()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The visit histogram, the number of positions counted and the history (plain data).
+
+        What a resumable checkpoint keeps so that a resumed run reports the coverage of all
+        its env steps (the positions themselves are not kept).
+        """
+        return {
+            "counts": torch.from_numpy(self._counts.copy()),
+            "num_points": int(self._num_points),
+            "history": [dict(row) for row in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s counts and history."""
+        self._counts[...] = state["counts"].numpy()
+        self._num_points = int(state["num_points"])
+        self.history = [dict(row) for row in state["history"]]
+        if self.history:
+            self._last_log_step = int(self.history[-1]["timesteps"])
 
     @staticmethod
     def _position(info: dict[str, Any]) -> np.ndarray:

@@ -216,10 +216,15 @@ class FlowOnPolicyConfig(OnPolicyConfig):
     kl_cov_coef: float = 1.0  # KL-Cov's beta
     ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
     sampler_check_tol: float = 1e-3  # max |log p| gap between rollout and re-scoring
+    # torch.compile of the policy's hot paths (rollout step, minibatch scoring); eager if off
+    compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs
 
     def hyperparameters(self) -> dict[str, Any]:
         """Constructor arguments; a non-constant ``lr_schedule`` makes both rates callables."""
         params = super().hyperparameters()
+        mode = params.pop("compile_mode")
+        params["compile"] = mode if params["compile"] else None
         schedule = params.pop("lr_schedule")
         if schedule.kind != "constant":  # floats otherwise: models as built before schedules
             for key in ("learning_rate", "critic_learning_rate"):

@@ -97,6 +97,27 @@ class FieldRolloutBuffer(RolloutBuffer):
         # Chain log-likelihoods are sums of magnitude ~10: float32 storage alone would put
         # the PPO ratio's resolution above the 1e-6 that the first-minibatch check demands.
         self.log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float64)
+        # What the policy computes (actions, values, log-probs, fields) is written per step
+        # into torch tensors on the policy's device: on CPU views of the numpy arrays above
+        # (no copy at all), on a GPU device tensors copied to the host once per rollout
+        # (:meth:`_to_host`), not once per step.
+        self._host_synced = self.device.type == "cpu"
+        self._staged = {
+            name: self._stage(self.__dict__[name])
+            for name in ("actions", "values", "log_probs", *self.field_shapes)
+        }
+
+    def _stage(self, array: np.ndarray) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.from_numpy(array)
+        return torch.zeros(array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=self.device)
+
+    def _to_host(self) -> None:
+        """Copy the device-staged arrays into the numpy arrays (once per rollout; CPU: no-op)."""
+        if not self._host_synced:
+            for name, tensor in self._staged.items():
+                self.__dict__[name][...] = tensor.cpu().numpy()
+            self._host_synced = True
 
     def add_step(
         self,
@@ -123,13 +144,30 @@ class FieldRolloutBuffer(RolloutBuffer):
         unknown = set(fields) - set(self.field_shapes)
         if unknown:
             raise KeyError(f"unknown fields {sorted(unknown)}; this buffer has {self.field_shapes}")
+        if self.full:
+            raise RuntimeError(f"the rollout buffer is full ({self.buffer_size} steps); reset() it")
+        pos, staged = self.pos, self._staged
         for name, data in fields.items():
-            self.__dict__[name][self.pos] = data.detach().cpu().numpy()
-        self.add(obs, action.detach().cpu().numpy(), reward, episode_start, value, log_prob)
+            staged[name][pos].copy_(data.detach())
+        staged["actions"][pos].copy_(action.detach().reshape(self.n_envs, self.action_dim))
+        staged["values"][pos].copy_(value.detach().flatten())
+        staged["log_probs"][pos].copy_(log_prob.detach().flatten())
+        self.observations[pos] = np.asarray(obs).reshape(self.n_envs, *self.obs_shape)
+        self.rewards[pos] = np.asarray(reward)
+        self.episode_starts[pos] = np.asarray(episode_start)
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+
+    def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: np.ndarray) -> None:
+        """SB3's GAE (the one GAE of flowrl), on the host copy of the rollout."""
+        self._to_host()
+        super().compute_returns_and_advantage(last_values, dones)
 
     def flatten(self) -> None:
         """Swap (T, E) into one axis of T·E rows (once per rollout), as SB3's ``get`` does."""
         assert self.full, "the rollout buffer must be full before sampling"
+        self._to_host()
         if not self.generator_ready:
             for name in (*_SB3_FIELDS, *self.field_shapes):
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])

@@ -37,6 +37,7 @@ from torch import Tensor
 from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
 from flowrl.algos.common import FlowLearner
 from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
+from flowrl.compile import check_compile
 from flowrl.policies.base import FlowPolicyBase
 
 __all__ = ["OnPolicyCore", "PolicyTerms", "RolloutStep", "check_on_policy_args", "torch_face"]
@@ -197,6 +198,9 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             and the same samples re-scored before the update (float32 round-off of the
             networks, which depends on batch size, stays below ~1e-5; a wrong time grid or K
             gives differences of order 1).
+        compile: ``torch.compile`` the policy's hot paths (:mod:`flowrl.compile`): True or a
+            mode name; False: eager; None (default): as the policy was built
+            (``policy_kwargs={"compile": ...}``). Saved with the model.
         stats_window_size: Episodes averaged in ``rollout/`` statistics.
         tensorboard_log: TensorBoard folder (None: no logging).
         policy_kwargs: Policy constructor arguments.
@@ -241,6 +245,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         kl_cov_coef: float = 1.0,
         ratio_check_tol: float = 1e-6,
         sampler_check_tol: float = 1e-3,
+        compile: bool | str | None = None,  # noqa: A002 (torch.compile's name)
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -318,6 +323,9 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         self.kl_cov_coef = kl_cov_coef
         self.ratio_check_tol = ratio_check_tol
         self.sampler_check_tol = sampler_check_tol
+        if compile is not None:
+            check_compile(compile)
+        self.compile = compile
         if _init_setup_model:
             self._setup_model()
 
@@ -328,7 +336,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         raise NotImplementedError
 
     def _act(self, obs: Tensor) -> RolloutStep:
-        """(a) One rollout step of the policy (called under ``torch.no_grad``)."""
+        """(a) One rollout step of the policy (called under ``torch.inference_mode``)."""
         raise NotImplementedError
 
     def _score_old(self, batch: FieldRolloutSamples) -> dict[str, Tensor]:
@@ -358,6 +366,8 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         self._setup_policy()
+        if self.compile is not None:
+            self.policy.set_compile(self.compile)
         self._check_policy()
         self.critic_lr_schedule = FloatSchedule(self.critic_learning_rate)
         self.clip_range = FloatSchedule(self.clip_range)
@@ -411,7 +421,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         n_steps = 0
         torch_env = torch_face(env)
         while n_steps < n_rollout_steps:
-            with torch.no_grad():
+            with torch.inference_mode():
                 step = self._act(self._last_obs_tensor())
             if torch_env is None:
                 new_obs, rewards, dones, infos = env.step(step.env_actions.cpu().numpy())
@@ -431,7 +441,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
                     and terminal_obs is not None
                     and infos[idx].get("TimeLimit.truncated", False)
                 ):
-                    with torch.no_grad():
+                    with torch.inference_mode():
                         terminal_value = self.policy.predict_values(
                             self.policy.obs_to_tensor(terminal_obs)[0]  # type: ignore[arg-type]
                         )[0]
@@ -447,8 +457,8 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
-        with torch.no_grad():
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+        with torch.inference_mode():
+            values = self.policy.predict_values(self._last_obs_tensor())
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         callback.update_locals(locals())
         callback.on_rollout_end()

@@ -130,7 +130,10 @@ class ReinFlow(OnPolicyCore):
         return RolloutStep(actions, chains[:, -1], values, log_probs, {"chains": chains})
 
     def _score_old(self, batch: FieldRolloutSamples) -> dict[str, Tensor]:
-        return {"log_probs": self.policy.log_prob_chain(batch.observations, batch.fields["chains"])}
+        # The update's own scoring function (evaluate_chain), so that the first minibatch's
+        # ratio is 1 to the last bit, compiled or not.
+        log_prob = self.policy.evaluate_chain(batch.observations, batch.fields["chains"])[0]
+        return {"log_probs": log_prob}
 
     def _reduction_scale(self) -> int:
         """What ``log_prob_reduction`` divides chain log-probs and entropies by (1: "sum").

@@ -222,39 +222,70 @@ class NoisyChain:
 
 def sample_noisy_chain(
     velocity: VelocityFn,
-    std: StdFn,
+    std: StdFn | Tensor,
     x0: Tensor,
     num_steps: int,
     *,
     include_initial: bool = True,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> NoisyChain:
     """Sample a⁰ → a^K with Gaussian noise injected at every Euler step.
 
     Args:
         velocity: Velocity field.
-        std: Noise standard deviation σ(t, x) of each transition.
+        std: Noise standard deviation of each transition: a callable σ(t, x), or, when σ
+            does not depend on the state (ReinFlow's σ_φ(t, o)), the K stds precomputed in
+            one call, shape (K, B, ...) (or broadcastable to it).
         x0: a⁰, shape (B, ...), typically standard normal.
         num_steps: K ≥ 1.
         include_initial: Add log N(a⁰; 0, I) to the log-likelihood.
-        generator: RNG for the injected noise.
+        generator: RNG for the injected noise (when ``noise`` is not given).
+        noise: The K standard-normal draws ε_k, shape (K, B, ...); drawn in one call from
+            ``generator`` if omitted.
 
     Returns:
         The chain and its log-likelihood (computed from the same means and stds that
-        generated it).
+        generated it, in one vectorized pass over the K transitions).
+
+    Raises:
+        ValueError: If ``noise`` or a tensor ``std`` does not fit (K, B, ...).
     """
     ts, dts = time_grid(num_steps, device=x0.device, dtype=x0.dtype)
+    steps_shape = (num_steps, *x0.shape)
+    if noise is None:
+        noise = torch.randn(steps_shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif tuple(noise.shape) != steps_shape:
+        raise ValueError(f"noise must have shape {steps_shape}, got {tuple(noise.shape)}")
+    stds = None
+    if not callable(std):
+        try:
+            stds = torch.broadcast_to(std, steps_shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"a tensor std must broadcast to (K, B, ...) = {steps_shape}, "
+                f"got {tuple(std.shape)}"
+            ) from err
     x = x0
-    states = [x0]
-    log_prob = (
-        _initial_log_prob(x0) if include_initial else x0.new_zeros(len(x0), dtype=torch.float64)
-    )
-    for t, dt in zip(ts, dts, strict=True):
-        mean, sigma = noisy_euler_transition(velocity, std, x, t, dt)
-        noise = torch.randn(mean.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = mean + sigma * noise
-        log_prob = log_prob + gaussian_log_prob(x, mean, sigma)
+    states, means, sigmas = [x0], [], []
+    for k in range(num_steps):
+        if stds is None:
+            mean, sigma = noisy_euler_transition(velocity, std, x, ts[k], dts[k])  # type: ignore[arg-type]
+        else:
+            mean, sigma = x + velocity(_batch_time(ts[k], x), x) * dts[k], stds[k]
+        x = mean + sigma * noise[k]
         states.append(x)
+        means.append(mean)
+        sigmas.append(sigma)
+    rows = num_steps * x0.shape[0]
+    per_step = gaussian_log_prob(
+        torch.stack(states[1:]).reshape(rows, *x0.shape[1:]),
+        torch.stack(means).reshape(rows, *x0.shape[1:]),
+        torch.stack(sigmas).reshape(rows, *x0.shape[1:]),
+    ).reshape(num_steps, x0.shape[0])
+    log_prob = per_step.sum(dim=0)
+    if include_initial:
+        log_prob = _initial_log_prob(x0) + log_prob
     return NoisyChain(chain=torch.stack(states, dim=1), log_prob=log_prob)
 
 

@@ -69,6 +69,9 @@ class FlowPolicy(FlowPolicyBase):
     the parameters.
     """
 
+    # The rollout step, the scoring of stored chains and the deterministic action.
+    compiled_methods = ("_rollout_math", "_evaluate_math", "_log_prob_math", "_ode_chain")
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -118,26 +121,46 @@ class FlowPolicy(FlowPolicyBase):
 
     def _fields(self, obs: Tensor) -> tuple[Tensor, Any, Any]:
         """Normalized obs and the (velocity, std) fields of the chain conditioned on them."""
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         velocity = self.actor.velocity_fn(obs_n, self.num_steps)
         return obs_n, velocity, lambda t, x: self.sigma(t, obs_n)
+
+    def _draws(self, obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """The chain's random inputs: a⁰ (B, Da), then the K injected draws ε (K, B, Da)."""
+        a0 = self._initial_state(obs, generator)
+        shape = (self.num_steps, *a0.shape)
+        return a0, torch.randn(shape, generator=generator, device=a0.device, dtype=a0.dtype)
+
+    def _chain_math(self, obs_n: Tensor, a0: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """Chain (B, K+1, Da) and exact log-likelihood (B,) from its random inputs.
+
+        σ_φ depends on (t_k, o) only, so all K stds come from one noise-net call on K·B rows
+        (:meth:`sigma_grid`); the velocity net runs once per step. Pure tensor code: the
+        compiled rollout runs it through ``torch.compile``.
+        """
+        sampled = sample_noisy_chain(
+            self.actor.velocity_fn(obs_n, self.num_steps),
+            self._sigma_grid(obs_n),
+            a0,
+            self.num_steps,
+            include_initial=False,
+            noise=noise,
+        )
+        return sampled.chain, sampled.log_prob + self._initial_log_prob(a0)
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> NoisyChain:
         """Sample noisy chains with their exact log-likelihoods.
 
         Args:
             obs: Raw observations, shape (B, Do).
-            generator: RNG for a⁰ and the injected noise.
+            generator: RNG for a⁰ and the injected noise (a⁰ is drawn first, then the K
+                steps' noise in one (K, B, Da) draw).
 
         Returns:
             Chains (B, K+1, Da) and log-likelihoods (B,).
         """
-        _, velocity, std = self._fields(obs)
-        a0 = self._initial_state(obs, generator)
-        sampled = sample_noisy_chain(
-            velocity, std, a0, self.num_steps, include_initial=False, generator=generator
-        )
-        return NoisyChain(sampled.chain, sampled.log_prob + self._initial_log_prob(a0))
+        obs_n = self._obs_n(obs)
+        return NoisyChain(*self._chain_math(obs_n, *self._draws(obs, generator)))
 
     def sample_chain(
         self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None
@@ -154,9 +177,13 @@ class FlowPolicy(FlowPolicyBase):
         """
         if not deterministic:
             return self.sample(obs, generator).chain
-        _, velocity, _ = self._fields(obs)
-        shape = (obs.shape[0], self.actor.config.action_dim)
-        a0 = torch.zeros(shape, device=obs.device, dtype=self.dtype)
+        return self._fast("_ode_chain", self._obs_n(obs))
+
+    def _ode_chain(self, obs_n: Tensor) -> Tensor:
+        """The noiseless Euler trajectory from a⁰ = 0, shape (B, K+1, Da)."""
+        velocity = self.actor.velocity_fn(obs_n, self.num_steps)
+        shape = (obs_n.shape[0], self.actor.config.action_dim)
+        a0 = torch.zeros(shape, device=obs_n.device, dtype=obs_n.dtype)
         return integrate(velocity, a0, self.num_steps, "euler", return_trajectory=True)
 
     def step_distribution(self, obs: Tensor, a_k: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -190,7 +217,8 @@ class FlowPolicy(FlowPolicyBase):
         Returns:
             Log-likelihoods, shape (B,) (float64, see ``gaussian_log_prob``).
         """
-        return self._score_chain(obs, chain)[0]
+        self._check_chain(chain)
+        return self._fast("_log_prob_math", self._obs_n(obs), self._cast(chain))
 
     def evaluate_chain(self, obs: Tensor, chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Everything a PPO minibatch needs, sharing one normalization and one σ pass.
@@ -200,41 +228,47 @@ class FlowPolicy(FlowPolicyBase):
             chain: Chains, shape (B, K+1, Da).
 
         Returns:
-            ``(log_prob (B,), entropy (B,), values (B,))``: as :meth:`log_prob_chain`,
-            :meth:`entropy_chain` and :meth:`predict_values` would give them.
+            ``(log_prob (B,), entropy (B,), values (B,))``: the exact chain log-likelihood
+            (:meth:`log_prob_chain`), the entropy of its Gaussian transitions
+            (:meth:`entropy_chain`) and V(o) (:meth:`predict_values`).
         """
-        log_prob, sigma, obs_n = self._score_chain(obs, chain)
-        entropy = gaussian_entropy(sigma, dim=(0, 2))
-        return log_prob, entropy, self.value_net(obs_n).flatten()
+        self._check_chain(chain)
+        return self._fast("_evaluate_math", self._obs_n(obs), self._cast(chain))
 
-    def _score_chain(self, obs: Tensor, chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Chain log-likelihood (B,), the σ it used (K, B, Da) and the normalized obs (B, Do).
+    def _chain_scores(self, obs_n: Tensor, chain: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-likelihood (B,) of checked chains and the σ (K, B, Da) it used (pure).
 
         All K transitions of a stored chain are scored in one fused call of each network
         on K·B rows (conditioning repeated step-major, as the flow core expects).
         """
-        self._check_chain(chain)
-        obs_n = self.actor.normalize_obs(self._cast(obs))
-        obs_rep = obs_n.repeat(self.num_steps, 1)
-        sigmas: list[Tensor] = []
+        sigma = self._sigma_grid(obs_n)
+        flat_sigma = sigma.reshape(-1, sigma.shape[-1])
+        velocity = self.actor.velocity_fn(obs_n.repeat(self.num_steps, 1), self.num_steps)
+        log_prob = noisy_chain_log_prob(
+            velocity, lambda t, x: flat_sigma, chain, include_initial=False, fused=True
+        )
+        return log_prob + self._initial_log_prob(chain[:, 0]), sigma
 
-        def std(t: Tensor, x: Tensor) -> Tensor:
-            sigmas.append(self.sigma(t, obs_rep))
-            return sigmas[-1]
+    def _log_prob_math(self, obs_n: Tensor, chain: Tensor) -> Tensor:
+        """:meth:`log_prob_chain` on checked, normalized inputs (pure tensor code)."""
+        return self._chain_scores(obs_n, chain)[0]
 
-        velocity = self.actor.velocity_fn(obs_rep, self.num_steps)
-        chain = self._cast(chain)
-        log_prob = noisy_chain_log_prob(velocity, std, chain, include_initial=False, fused=True)
-        log_prob = log_prob + self._initial_log_prob(chain[:, 0])
-        return log_prob, sigmas[0].reshape(self.num_steps, obs.shape[0], -1), obs_n
+    def _evaluate_math(self, obs_n: Tensor, chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`evaluate_chain` on checked, normalized inputs (pure tensor code)."""
+        log_prob, sigma = self._chain_scores(obs_n, chain)
+        entropy = gaussian_entropy(sigma, dim=(0, 2))
+        return log_prob, entropy, self.value_net(obs_n).flatten()
+
+    def _sigma_grid(self, obs_n: Tensor) -> Tensor:
+        """σ_φ(t_k, o) at every grid time, (K, B, Da), from normalized obs in one pass."""
+        t, _ = time_grid(self.num_steps, device=obs_n.device, dtype=obs_n.dtype)
+        batch = obs_n.shape[0]
+        sigma = self.sigma(t.repeat_interleave(batch), obs_n.repeat(self.num_steps, 1))
+        return sigma.reshape(self.num_steps, batch, -1)
 
     def sigma_grid(self, obs: Tensor) -> Tensor:
         """σ_φ(t_k, o) at every grid time, shape (K, B, Da), in one noise-net pass."""
-        obs_n = self.actor.normalize_obs(self._cast(obs))
-        t, _ = time_grid(self.num_steps, device=obs.device, dtype=self.dtype)
-        batch = obs.shape[0]
-        sigma = self.sigma(t.repeat_interleave(batch), obs_n.repeat(self.num_steps, 1))
-        return sigma.reshape(self.num_steps, batch, -1)
+        return self._sigma_grid(self._obs_n(obs))
 
     def entropy_chain(self, obs: Tensor, chain: Tensor) -> Tensor:
         """Entropy of the chain's Gaussian transitions, Σ_k Σ_d ½·log(2πe·σ²), shape (B,).
@@ -248,13 +282,18 @@ class FlowPolicy(FlowPolicyBase):
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, ...]:
         """Rollout step: env actions (B, Da), values (B,), log-probs (B,), chains (B, K+1, Da)."""
+        obs_n = self._obs_n(obs)
         if deterministic:
-            chain = self.sample_chain(obs, deterministic=True)
-            log_prob = torch.zeros(obs.shape[0], device=obs.device)
-        else:
-            sampled = self.sample(obs)
-            chain, log_prob = sampled.chain, sampled.log_prob
-        values = self.predict_values(obs).flatten()
+            chain = self._fast("_ode_chain", obs_n)
+            log_prob = torch.zeros(obs.shape[0], device=obs.device, dtype=torch.float64)
+            values = self.value_net(obs_n).flatten()
+            return self.to_env_action(chain[:, -1]), values, log_prob, chain
+        return self._fast("_rollout_math", obs_n, *self._draws(obs, None))
+
+    def _rollout_math(self, obs_n: Tensor, a0: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
+        """One rollout step from normalized obs and the chain's draws (pure tensor code)."""
+        chain, log_prob = self._chain_math(obs_n, a0, noise)
+        values = self.value_net(obs_n).flatten()
         return self.to_env_action(chain[:, -1]), values, log_prob, chain
 
     def _predict(self, observation: Tensor, deterministic: bool = False) -> Tensor:

@@ -57,8 +57,13 @@ def test_chains_are_stored_and_sigma_stays_in_its_bounds(K):
 def test_sampler_mismatch_raises():
     model = _model(K=4)
     rollout(model)
-    original = model.policy.log_prob_chain
-    model.policy.log_prob_chain = lambda obs, chain: original(obs, chain) + 0.1
+    original = model.policy.evaluate_chain
+
+    def shifted(obs, chain):
+        log_prob, entropy, values = original(obs, chain)
+        return log_prob + 0.1, entropy, values
+
+    model.policy.evaluate_chain = shifted
     actor_before = state(model.policy.actor)
     with pytest.raises(RuntimeError, match="sampler") as info:
         model.train()

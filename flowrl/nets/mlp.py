@@ -3,19 +3,90 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from flowrl.nets.embeddings import SinusoidalEmbedding
 
-__all__ = ["ACTIVATIONS", "MLP", "ResidualBlock", "VelocityMLP", "activation", "zero_init_"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "Mish",
+    "ResidualBlock",
+    "VelocityMLP",
+    "activation",
+    "mish",
+    "zero_init_",
+]
+
+# Below this many elements ``torch.nn.functional.mish`` (one kernel) is faster than the
+# formula's handful of kernels; above it the formula is (a 2048 x 128 batch: 1.0 ms for the
+# PyTorch CPU kernel, forward, measured).
+_SMALL_MISH = 16384
+
+
+def _mish_parts(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(T, e)``: T = tanh(softplus(x)) = n / (n + 2) with n = e·(e + 2), e = exp(x).
+
+    Exact algebra: (1 + e)² = n + 1, and tanh(log y) = (y² − 1) / (y² + 1). x is clamped at
+    20 before the exponential, where T = 1 in float32 already, so n never overflows. The
+    temporaries are updated in place (fewer allocations in eager mode).
+    """
+    e = x.clamp(max=20.0).exp_()
+    n = (e + 2.0).mul_(e)
+    return n.div_(n + 2.0), e
+
+
+class _MishFunction(torch.autograd.Function):
+    """Mish with a hand-written backward: mish'(x) = T + x·(1 − T²)·sigmoid(x)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        T, e = _mish_parts(x)
+        sigmoid = e.div_(e + 1.0)
+        ctx.save_for_backward(x, T, sigmoid)
+        return x * T
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        x, T, sigmoid = ctx.saved_tensors
+        slope = (T * T).neg_().add_(1.0).mul_(x).mul_(sigmoid).add_(T)
+        return slope.mul_(grad)
+
+
+def mish(x: Tensor) -> Tensor:
+    """Mish, ``x·tanh(softplus(x))`` (Misra 2019), as the velocity nets use it.
+
+    PyTorch's CPU Mish kernel is ~10x slower than SiLU's (a 2048 x 128 batch: 1.0 ms vs
+    0.11 ms forward, 1.4 ms backward, measured), and the same holds for its compiled
+    form. On large inputs this computes the same function by exact algebra from one
+    exponential (:func:`_mish_parts`), with a hand-written backward; under
+    ``torch.compile`` both fuse into one loop each. It agrees with
+    ``torch.nn.functional.mish`` to float32 rounding (a few ulp), not bit for bit. Small
+    inputs (a rollout step's few rows) take PyTorch's kernel.
+    """
+    if x.numel() <= _SMALL_MISH:
+        return torch.nn.functional.mish(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x * _mish_parts(x)[0]
+    return _MishFunction.apply(x)
+
+
+class Mish(nn.Module):
+    """Module face of :func:`mish` (the ``"mish"`` activation of flowrl's networks)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply :func:`mish` elementwise."""
+        return mish(x)
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
-    "mish": nn.Mish,
+    "mish": Mish,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
 }

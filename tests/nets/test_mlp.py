@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from flowrl.nets import MLP, ResidualBlock, VelocityMLP, activation, zero_init_
+from flowrl.nets.mlp import Mish, mish
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -24,7 +25,7 @@ def _randomise_output(net: VelocityMLP, seed: int = 0) -> None:
         ("relu", nn.ReLU),
         ("gelu", nn.GELU),
         ("silu", nn.SiLU),
-        ("mish", nn.Mish),
+        ("mish", Mish),
         ("tanh", nn.Tanh),
         ("elu", nn.ELU),
     ],
@@ -228,3 +229,40 @@ def test_zero_output_layer_blocks_gradient_to_hidden_layers():
     assert net.output.weight.grad.abs().sum().item() > 0
     assert net.output.bias.grad.abs().sum().item() > 0
     assert net.input.weight.grad.abs().sum().item() == 0
+
+
+# ---------------------------------------------------------------------- Mish
+
+
+def _mish_inputs(n: int) -> torch.Tensor:
+    x = 6 * torch.randn(n, generator=torch.Generator().manual_seed(0))
+    # Saturation on both sides, overflow territory of exp and exact zeros.
+    x[:6] = torch.tensor([-200.0, -30.0, 0.0, 19.9, 25.0, 200.0])
+    return x
+
+
+@pytest.mark.parametrize("n", [64, 40_000])  # PyTorch's kernel and the formula
+def test_mish_equals_torch_mish_and_its_gradient(n):
+    x = _mish_inputs(n).requires_grad_()
+    ours = mish(x)
+    ours_grad = torch.autograd.grad(ours.sum(), x)[0]
+    y = x.detach().clone().requires_grad_()
+    ref = torch.nn.functional.mish(y)
+    ref_grad = torch.autograd.grad(ref.sum(), y)[0]
+    assert torch.isfinite(ours).all() and torch.isfinite(ours_grad).all()
+    torch.testing.assert_close(ours, ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(ours_grad, ref_grad, rtol=2e-6, atol=2e-6)
+
+
+def test_mish_backward_passes_gradcheck_in_float64():
+    from flowrl.nets.mlp import Mish, mish, _MishFunction
+
+    x = (6 * torch.randn(40, 7, generator=torch.Generator().manual_seed(1))).double()
+    assert torch.autograd.gradcheck(_MishFunction.apply, (x.requires_grad_(),))
+
+
+def test_mish_formula_without_grad_equals_the_autograd_path():
+    x = _mish_inputs(40_000)
+    with torch.no_grad():
+        plain = mish(x)
+    assert torch.equal(plain, mish(x.clone().requires_grad_()).detach())

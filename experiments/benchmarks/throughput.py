@@ -1,24 +1,38 @@
-"""Training throughput of ReinFlow (FlowPolicy, K denoising steps) against SB3 PPO.
+"""Training throughput of the on-policy flow learners against SB3 PPO, two settings, one run.
 
-Both learners train on the same env with the same number of DummyVecEnv copies, the same
+Every learner trains on the same env with the same number of DummyVecEnv copies, the same
 rollout length, minibatch size, epochs, discounting and matched network widths; the script
-times ``model.learn(total_timesteps)`` (rollouts + updates, model construction excluded) and
-reports env steps per second, their medians over alternating repeats, the ratio
-``reinflow_fps / ppo_fps`` and where the time goes (env stepping, the rest of the rollout,
-the update).
+times ``model.learn(total_timesteps)`` (rollouts + updates, model construction and an
+untimed warm-up, which also compiles, excluded) and reports env steps per second, their
+medians over repeats in rotating order, each learner's ratio to SB3 PPO on wall time and on
+process CPU time, and where the time goes (env stepping, the rest of the rollout, the update).
 
-Run from the repository root::
+Settings (``--settings``, default both):
 
-    .venv/bin/python experiments/benchmarks/throughput.py             # Hopper-v5, minutes
-    .venv/bin/python experiments/benchmarks/throughput.py --quick     # smoke run, seconds
+* ``stress``: width 256, batch 64, 10 epochs (many small minibatches: per-op overhead);
+* ``recipe``: the ReinFlow recipe users run (``configs/recipe/reinflow_mujoco.yaml``):
+  width 128, batch 512, 5 epochs, learning rate 1e-4, gamma 0.999, GAE lambda 0.99; its
+  critic warm-up and KL stop are off here, so that every timed update trains the actor
+  (the most work an update can do) and all learners run every epoch.
+
+Learners (``--learners``): ReinFlow eager and compiled (``compile=True``, torch.compile's
+inductor), PolicyFlow, FPO, FPO++, DPPO and SB3 PPO.
+
+Run from the repository root, on an otherwise idle machine::
+
+    .venv/bin/python experiments/benchmarks/throughput.py             # Hopper-v5, ~10 minutes
+    .venv/bin/python experiments/benchmarks/throughput.py --quick     # smoke run
 
 Outputs ``experiments/benchmarks/results/throughput.json`` (``--out``) and a markdown table
-the same name with ``.md`` next to it; the table is also printed.
+the same name with ``.md`` next to it; the table is also printed. ``--changes DIR`` instead
+tabulates earlier runs of this script (one JSON per code version, see
+``results/throughput_changes/``) into a before/after table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -33,21 +47,36 @@ from common import code_version, machine_info, write_results
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
+from update_time import FLOW_LEARNERS
 
 from flowrl.algos.reinflow import ReinFlow
 
-LEARNERS = ("reinflow", "ppo")
+LEARNERS = ("reinflow", "reinflow_compiled", "policyflow", "fpo", "fpo_pp", "dppo", "ppo")
 
-DEFAULTS: dict[str, Any] = {
-    "env": "Hopper-v5",
-    "n_envs": 4,
-    "n_steps": 512,
-    "batch_size": 64,
-    "n_epochs": 10,
-    "width": 256,
-    "depth": 2,
-    "num_steps": 4,
-    "repeats": 3,
+COMMON: dict[str, Any] = {"env": "Hopper-v5", "n_envs": 4, "n_steps": 512, "depth": 2}
+SETTINGS: dict[str, dict[str, Any]] = {
+    "stress": {
+        **COMMON,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "width": 256,
+        "num_steps": 4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "learning_rate": 3e-4,
+    },
+    # configs/recipe/reinflow_mujoco.yaml (flowrl.recipes.reinflow_mujoco), without its
+    # critic warm-up and KL stop (see the module docstring).
+    "recipe": {
+        **COMMON,
+        "batch_size": 512,
+        "n_epochs": 5,
+        "width": 128,
+        "num_steps": 4,
+        "gamma": 0.999,
+        "gae_lambda": 0.99,
+        "learning_rate": 1e-4,
+    },
 }
 # --quick: a smoke run of the whole script in seconds (not a meaningful measurement).
 QUICK: dict[str, Any] = {
@@ -59,16 +88,18 @@ QUICK: dict[str, Any] = {
     "width": 32,
     "depth": 2,
     "num_steps": 4,
-    "repeats": 1,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "learning_rate": 3e-4,
 }
-GAMMA, GAE_LAMBDA, LEARNING_RATE, CLIP_RANGE = 0.99, 0.95, 3e-4, 0.2
+CLIP_RANGE = 0.2
 
 MATCHED = [
     "env id and number of DummyVecEnv copies (each wrapped in Monitor), seed",
-    "n_steps, batch_size, n_epochs, gamma, gae_lambda, clip_range, learning rate (3e-4), "
+    "n_steps, batch_size, n_epochs, gamma, gae_lambda, clip_range, learning rate, "
     "ent_coef 0, vf_coef 0.5, max_grad_norm 0.5, advantage normalization, no target_kl "
-    "(so both run every epoch)",
-    "hidden width W: PPO net_arch pi=[W, W], vf=[W, W]; ReinFlow actor_config "
+    "(so all run every epoch)",
+    "hidden width W: PPO net_arch pi=[W, W], vf=[W, W]; the flow learners actor_config "
     "width=W, depth=2 (2 residual blocks) and value_hidden=(W, W)",
     "device (CPU) and torch intra-op threads",
     "optimizer: Adam with the fused implementation for both (FlowPolicy's default; PPO gets "
@@ -128,14 +159,25 @@ class TimedMixin:
         self.timings["train_s"] += time.perf_counter() - start
 
 
-class TimedReinFlow(TimedMixin, ReinFlow):
-    """ReinFlow with timers (also on the re-scoring of old log-probs before each update)."""
+class RefreshTimer:
+    """Times the on-policy core's re-scoring of old log-probs before each update (mixin)."""
+
+    timings: dict[str, float]
 
     def _refresh_old_log_probs(self, indices: np.ndarray) -> float:
         start = time.perf_counter()
-        result = super()._refresh_old_log_probs(indices)
+        result = super()._refresh_old_log_probs(indices)  # type: ignore[misc]
         self.timings["refresh_s"] += time.perf_counter() - start
         return result
+
+
+class TimedReinFlow(TimedMixin, RefreshTimer, ReinFlow):
+    """ReinFlow with timers (also on the re-scoring of old log-probs before each update)."""
+
+
+def timed(algo: type) -> type:
+    """The flow learner ``algo`` with the timers."""
+    return type(f"Timed{algo.__name__}", (TimedMixin, RefreshTimer, algo), {})
 
 
 class TimedPPO(TimedMixin, PPO):
@@ -144,36 +186,25 @@ class TimedPPO(TimedMixin, PPO):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", help=f"gymnasium env id (default {DEFAULTS['env']})")
-    parser.add_argument("--n-envs", type=int, help="DummyVecEnv copies (default 4)")
-    parser.add_argument("--n-steps", type=int, help="steps per env per rollout (default 512)")
-    parser.add_argument("--batch-size", type=int, help="minibatch size (default 64)")
-    parser.add_argument("--n-epochs", type=int, help="epochs per update (default 10)")
-    parser.add_argument("--width", type=int, help="hidden width W (default 256)")
     parser.add_argument(
-        "--depth", type=int, help="residual blocks of ReinFlow's velocity net (default 2)"
+        "--settings", default="stress,recipe", help=f"comma-separated, of {sorted(SETTINGS)}"
     )
-    parser.add_argument("--num-steps", type=int, help="ReinFlow's K (default 4)")
-    parser.add_argument("--repeats", type=int, help="timed runs per learner (default 3)")
+    parser.add_argument(
+        "--learners", default=",".join(LEARNERS), help=f"comma-separated, of {LEARNERS}"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per learner")
     parser.add_argument(
         "--total-timesteps",
         type=int,
         help="env steps per timed learn() (default 2 rollouts: 2 * n_envs * n_steps)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument(
-        "--check-threads",
-        type=int,
-        default=2,
-        help="torch threads of one extra repeat per learner, reported under thread_check "
-        "(default 2; 0 skips it)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device of both learners")
+    parser.add_argument("--device", default="cpu", help="torch device of all learners")
     parser.add_argument(
         "--ppo-optimizer",
         choices=("fused", "default"),
         default="fused",
-        help="PPO's Adam: fused, as FlowPolicy's default (matched), or SB3's default "
+        help="PPO's Adam: fused, as the flow policies' default (matched), or SB3's default "
         "(PyTorch's per-tensor loop on CPU)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -186,47 +217,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="tiny smoke settings (Pendulum-v1, n_steps 64)"
     )
+    parser.add_argument(
+        "--changes",
+        type=Path,
+        help="tabulate the JSONs of this folder (one per code version) instead of measuring",
+    )
     args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.total_timesteps is None:
-        args.total_timesteps = 2 * args.n_envs * args.n_steps
-    for key in ("n_envs", "n_steps", "batch_size", "n_epochs", "width", "depth", "num_steps"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    args.settings = [x for x in args.settings.split(",") if x]
+    args.learners = [x for x in args.learners.split(",") if x]
+    for name in args.settings:
+        if name not in SETTINGS:
+            parser.error(f"unknown setting {name!r}; choose from {sorted(SETTINGS)}")
+    for name in args.learners:
+        if name not in LEARNERS:
+            parser.error(f"unknown learner {name!r}; choose from {LEARNERS}")
+    if "ppo" not in args.learners:
+        parser.error("the ratios need ppo among --learners")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    if args.batch_size < 2:
-        parser.error("--batch-size must be >= 2 (advantage normalization)")
     return args
 
 
-def make_env(args: argparse.Namespace) -> TimedDummyVecEnv:
+def setting_values(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of a setting (``--quick``: tiny ones for every setting)."""
+    values = dict(QUICK if args.quick else SETTINGS[name])
+    values["total_timesteps"] = args.total_timesteps or 2 * values["n_envs"] * values["n_steps"]
+    return values
+
+
+def make_env(values: dict[str, Any], seed: int) -> TimedDummyVecEnv:
     """``n_envs`` Monitor-wrapped copies of the env, seeded like SB3's ``make_vec_env``."""
 
     def factory(rank: int) -> Any:
         def make() -> gym.Env:
-            env = Monitor(gym.make(args.env))
-            env.action_space.seed(args.seed + rank)
+            env = Monitor(gym.make(values["env"]))
+            env.action_space.seed(seed + rank)
             return env
 
         return make
 
-    venv = TimedDummyVecEnv([factory(i) for i in range(args.n_envs)])
-    venv.seed(args.seed)
+    venv = TimedDummyVecEnv([factory(i) for i in range(values["n_envs"])])
+    venv.seed(seed)
     return venv
 
 
-def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def common_kwargs(values: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "learning_rate": LEARNING_RATE,
-        "n_steps": args.n_steps,
-        "batch_size": args.batch_size,
-        "n_epochs": args.n_epochs,
-        "gamma": GAMMA,
-        "gae_lambda": GAE_LAMBDA,
+        "learning_rate": values["learning_rate"],
+        "n_steps": values["n_steps"],
+        "batch_size": values["batch_size"],
+        "n_epochs": values["n_epochs"],
+        "gamma": values["gamma"],
+        "gae_lambda": values["gae_lambda"],
         "clip_range": CLIP_RANGE,
         "normalize_advantage": True,
         "ent_coef": 0.0,
@@ -239,34 +281,39 @@ def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def ppo_policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def ppo_policy_kwargs(width: int, args: argparse.Namespace) -> dict[str, Any]:
     """PPO's MlpPolicy arguments: matched width, and Adam fused unless asked otherwise."""
-    kwargs: dict[str, Any] = {"net_arch": {"pi": [args.width] * 2, "vf": [args.width] * 2}}
+    kwargs: dict[str, Any] = {"net_arch": {"pi": [width] * 2, "vf": [width] * 2}}
     if args.ppo_optimizer == "fused":
         kwargs["optimizer_kwargs"] = {"fused": True}
     return kwargs
 
 
-def build(name: str, args: argparse.Namespace) -> TimedMixin:
+def build(name: str, values: dict[str, Any], args: argparse.Namespace) -> TimedMixin:
     """A fresh learner on its own vectorized env."""
-    env, width = make_env(args), args.width
-    if name == "reinflow":
-        model: Any = TimedReinFlow(
-            "FlowPolicy",
-            env,
-            policy_kwargs={
-                "num_steps": args.num_steps,
-                "actor_config": {"width": width, "depth": args.depth},
-                "value_hidden": (width, width),
-            },
-            **common_kwargs(args),
-        )
-    else:
-        model = TimedPPO(
+    env, width = make_env(values, args.seed), values["width"]
+    if name == "ppo":
+        model: Any = TimedPPO(
             "MlpPolicy",
             env,
-            policy_kwargs=ppo_policy_kwargs(args),
-            **common_kwargs(args),
+            policy_kwargs=ppo_policy_kwargs(width, args),
+            **common_kwargs(values, args),
+        )
+    else:
+        base = name.removesuffix("_compiled")
+        algo, alias, extra = FLOW_LEARNERS[base]
+        cls = TimedReinFlow if algo is ReinFlow else timed(algo)
+        model = cls(
+            alias,
+            env,
+            policy_kwargs={
+                "num_steps": values["num_steps"],
+                "actor_config": {"width": width, "depth": values["depth"]},
+                "value_hidden": (width, width),
+            },
+            compile=True if name.endswith("_compiled") else None,
+            **extra,
+            **common_kwargs(values, args),
         )
     model.reset_timings()
     return model
@@ -278,20 +325,22 @@ def network_sizes(models: dict[str, Any]) -> dict[str, dict[str, int]]:
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
-    reinflow, ppo = models["reinflow"].policy, models["ppo"].policy
-    return {
-        "reinflow": {
-            "velocity_net": count(reinflow.actor.velocity_net),
-            "noise_net": count(reinflow.noise_net) + count(reinflow.noise_time_embedding),
-            "value_net": count(reinflow.value_net),
-        },
-        "ppo": {
-            "policy_net": count(ppo.mlp_extractor.policy_net)
-            + count(ppo.action_net)
-            + ppo.log_std.numel(),
-            "value_net": count(ppo.mlp_extractor.value_net) + count(ppo.value_net),
-        },
-    }
+    sizes = {}
+    for name, model in models.items():
+        policy = model.policy
+        if name == "ppo":
+            sizes[name] = {
+                "policy_net": count(policy.mlp_extractor.policy_net)
+                + count(policy.action_net)
+                + policy.log_std.numel(),
+                "value_net": count(policy.mlp_extractor.value_net) + count(policy.value_net),
+            }
+        else:
+            sizes[name] = {
+                "actor_side": sum(p.numel() for p in policy._actor_parameters()),
+                "value_net": count(policy.value_net),
+            }
+    return sizes
 
 
 def timed_learn(model: Any, total_timesteps: int) -> dict[str, float]:
@@ -305,7 +354,7 @@ def timed_learn(model: Any, total_timesteps: int) -> dict[str, float]:
     steps = int(model.num_timesteps)
     timings = model.timings
     rollout, train, env_step = timings["rollout_s"], timings["train_s"], model.env.step_seconds
-    # SB3 counts epochs in PPO's _n_updates and ReinFlow counts epochs too: epochs run.
+    # SB3 counts epochs in PPO's _n_updates and the on-policy core counts epochs too.
     epochs = int(model._n_updates - updates_before)
     minibatches_per_epoch = -(-(model.n_steps * model.n_envs) // model.batch_size)
     gradient_steps = epochs * minibatches_per_epoch
@@ -332,18 +381,20 @@ def timed_learn(model: Any, total_timesteps: int) -> dict[str, float]:
 
 
 def run_repeats(
-    models: dict[str, Any], total_timesteps: int, repeats: int, start_index: int = 0
+    models: dict[str, Any], total_timesteps: int, repeats: int
 ) -> dict[str, list[dict[str, float]]]:
-    """Alternate the learners' order every repeat (A B, B A, …) to spread machine noise."""
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in LEARNERS}
+    """Rotate the learners' order every repeat to spread machine noise over them."""
+    names = list(models)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for repeat in range(repeats):
-        order = LEARNERS if (start_index + repeat) % 2 == 0 else LEARNERS[::-1]
-        for name in order:
+        shift = repeat % len(names)
+        order = names[shift:] + names[:shift]
+        for position, name in enumerate(order):
             run = timed_learn(models[name], total_timesteps)
-            run["repeat"], run["position"] = repeat, order.index(name)
+            run["repeat"], run["position"] = repeat, position
             runs[name].append(run)
             print(
-                f"  repeat {repeat} {name:8s} {run['fps']:8.1f} steps/s "
+                f"  repeat {repeat} {name:18s} {run['fps']:8.1f} steps/s "
                 f"(rollout {run['rollout_s']:.2f} s, train {run['train_s']:.2f} s)",
                 flush=True,
             )
@@ -351,151 +402,148 @@ def run_repeats(
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Medians (and spread of fps) of every per-run number, and the fps ratio."""
+    """Medians (and spread of fps) of every per-run number, and each learner's ratio to PPO."""
     medians: dict[str, dict[str, float]] = {}
     for name, items in runs.items():
         keys = [k for k in items[0] if k not in ("repeat", "position")]
         medians[name] = {k: float(statistics.median(r[k] for r in items)) for k in keys}
         fps = [r["fps"] for r in items]
         medians[name]["fps_min"], medians[name]["fps_max"] = min(fps), max(fps)
-    ratio = medians["reinflow"]["fps"] / medians["ppo"]["fps"]
-    ratio_cpu = medians["reinflow"]["fps_cpu"] / medians["ppo"]["fps_cpu"]
-    return {
-        "median": medians,
-        "ratio_reinflow_over_ppo": ratio,
-        "ratio_reinflow_over_ppo_cpu_time": ratio_cpu,
+    ppo = medians["ppo"]
+    ratios = {
+        name: {"wall": m["fps"] / ppo["fps"], "cpu_time": m["fps_cpu"] / ppo["fps_cpu"]}
+        for name, m in medians.items()
+        if name != "ppo"
     }
+    return {"median": medians, "ratio_over_ppo": ratios}
 
 
 def breakdown(median: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Shares of the median wall time: env stepping, rest of rollout, update, other."""
+    """Shares of the median wall time: env stepping, rest of rollout, update, other.
+
+    Medians of parts need not add up to the median whole: "other" is the remainder.
+    """
     shares = {}
     for name, m in median.items():
         wall = m["wall_s"]
-        shares[name] = {
+        parts = {
             "rollout_env_step": m["rollout_env_step_s"] / wall,
             "rollout_policy_and_buffer": m["rollout_policy_and_buffer_s"] / wall,
             "train": m["train_s"] / wall,
-            "other": m["other_s"] / wall,
         }
+        shares[name] = {**parts, "other": 1.0 - sum(parts.values())}
     return shares
 
 
+def measure_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build, warm up and time every learner at one setting."""
+    values = setting_values(name, args)
+    print(f"[{name}] building {', '.join(args.learners)} on {values['env']} ...", flush=True)
+    models = {learner: build(learner, values, args) for learner in args.learners}
+    warmup = values["n_envs"] * values["n_steps"]  # one rollout and one update each
+    compile_s = {}
+    for learner, model in models.items():
+        start = time.perf_counter()
+        model.learn(warmup, progress_bar=False)  # compiles the compiled learners' paths
+        compile_s[learner] = time.perf_counter() - start
+    print(f"[{name}] timing learn({values['total_timesteps']}) x {args.repeats}", flush=True)
+    runs = run_repeats(models, values["total_timesteps"], args.repeats)
+    summary = summarize(runs)
+    for learner, model in models.items():
+        failed = getattr(getattr(model.policy, "_compiled", None), "failed", None)
+        if failed:
+            raise RuntimeError(f"{learner}: compilation fell back to eager ({failed})")
+    return {
+        "values": values,
+        "parameters": network_sizes(models),
+        "warmup_s": compile_s,
+        "runs": runs,
+        **summary,
+        "time_breakdown": breakdown(summary["median"]),
+    }
+
+
 def markdown(result: dict[str, Any]) -> str:
-    s = result["settings"]
-    med = result["median"]
-    lines = [
-        f"Training throughput on {s['env']}: {s['n_envs']} envs x {s['n_steps']} steps per "
-        f"rollout, batch {s['batch_size']}, {s['n_epochs']} epochs, width {s['width']}, "
-        f"ReinFlow K = {s['num_steps']} and {s['depth']} residual blocks; "
-        f"learn({s['total_timesteps']}) per run, "
-        f"{s['repeats']} alternating repeats, torch threads {s['torch_threads']}, "
-        f"median of runs.",
-        "",
-        "| learner | env steps/s (median) | per run | rollout s | env step s | "
-        "policy + buffer s | train s | ms / gradient step | other s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in LEARNERS:
-        m = med[name]
-        per_run = ", ".join(f"{r['fps']:.0f}" for r in result["runs"][name])
-        lines.append(
-            f"| {name} | {m['fps']:.0f} | {per_run} | {m['rollout_s']:.2f} | "
-            f"{m['rollout_env_step_s']:.2f} | {m['rollout_policy_and_buffer_s']:.2f} | "
-            f"{m['train_s']:.2f} | {m['train_ms_per_gradient_step']:.2f} | "
-            f"{m['other_s']:.2f} |"
-        )
-    lines += [
-        "",
-        f"**ratio reinflow_fps / ppo_fps = {result['ratio_reinflow_over_ppo']:.3f}** "
-        f"(on process CPU time instead of wall time: "
-        f"{result['ratio_reinflow_over_ppo_cpu_time']:.3f})",
-    ]
-    refresh = med["reinflow"].get("train_refresh_old_log_probs_s")
-    if refresh is not None:
-        lines.append(f"(ReinFlow's train time includes {refresh:.2f} s re-scoring old log-probs.)")
-    starved = [
-        f"{name} repeat {r['repeat']}"
-        for name in LEARNERS
-        for r in result["runs"][name]
-        if r["cpu_s"] < 0.9 * r["wall_s"]
-    ]
-    if starved:
-        lines.append(
-            "Runs that got < 90 % of a CPU (other processes were running): "
-            + ", ".join(starved)
-            + "."
-        )
-    check = result.get("thread_check")
-    if check:
+    lines = []
+    for name, block in result["settings"].items():
+        v = block["values"]
         lines += [
+            f"**{name}** ({v['env']}): {v['n_envs']} envs x {v['n_steps']} steps per rollout, "
+            f"batch {v['batch_size']}, {v['n_epochs']} epochs, width {v['width']}, K = "
+            f"{v['num_steps']}, {v['depth']} residual blocks; learn({v['total_timesteps']}) per "
+            f"run, {result['repeats']} repeats in rotating order, torch threads "
+            f"{result['machine']['torch_threads']}, medians.",
             "",
-            f"Thread check (1 repeat each, {check['threads']} torch threads): "
-            + ", ".join(f"{name} {check['median'][name]['fps']:.0f} steps/s" for name in LEARNERS)
-            + f", ratio {check['ratio_reinflow_over_ppo']:.3f}.",
+            "| learner | env steps/s | per run | / PPO (wall) | / PPO (CPU time) | rollout s | "
+            "env step s | policy + buffer s | train s | ms / gradient step | warm-up s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for learner, m in block["median"].items():
+            ratio = block["ratio_over_ppo"].get(learner)
+            wall = f"**{ratio['wall']:.3f}**" if ratio else "1"
+            cpu = f"{ratio['cpu_time']:.3f}" if ratio else "1"
+            per_run = ", ".join(f"{r['fps']:.0f}" for r in block["runs"][learner])
+            lines.append(
+                f"| {learner} | {m['fps']:.0f} | {per_run} | {wall} | {cpu} | "
+                f"{m['rollout_s']:.2f} | {m['rollout_env_step_s']:.2f} | "
+                f"{m['rollout_policy_and_buffer_s']:.2f} | {m['train_s']:.2f} | "
+                f"{m['train_ms_per_gradient_step']:.2f} | {block['warmup_s'][learner]:.1f} |"
+            )
+        starved = [
+            f"{learner} repeat {r['repeat']}"
+            for learner, items in block["runs"].items()
+            for r in items
+            if r["cpu_s"] < 0.9 * r["wall_s"]
+        ]
+        if starved:
+            lines.append("")
+            lines.append("Runs that got < 90 % of a CPU: " + ", ".join(starved) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def changes_table(folder: Path) -> str:
+    """Before/after table of ReinFlow and PPO from one JSON per code version in ``folder``.
+
+    Each JSON is this script's output (or the older single-setting one, with keys
+    ``settings``/``median`` at the top); ``label`` in ``folder/labels.json`` names the
+    versions in order.
+    """
+    labels = json.loads((folder / "labels.json").read_text())
+    lines = [
+        "| change (commit) | setting | ReinFlow env steps/s | PPO env steps/s | ratio | "
+        "ReinFlow rollout policy + buffer s | ReinFlow train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for item in labels:
+        for setting, path in item["files"].items():
+            data = json.loads((folder / path).read_text())
+            block = (
+                data["settings"][setting] if "values" in data["settings"].get(setting, {}) else data
+            )
+            learner = item.get("learner", "reinflow")
+            rf, ppo = block["median"][learner], block["median"]["ppo"]
+            lines.append(
+                f"| {item['label']} ({item['commit']}) | {setting} | {rf['fps']:.0f} | "
+                f"{ppo['fps']:.0f} | {rf['fps'] / ppo['fps']:.3f} | "
+                f"{rf['rollout_policy_and_buffer_s']:.2f} | {rf['train_s']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    if args.changes is not None:
+        table = changes_table(args.changes)
+        (args.changes / "changes.md").write_text(table)
+        print(table)
+        return None
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"building learners on {args.env} ...", flush=True)
-    models = {name: build(name, args) for name in LEARNERS}
-    warmup_steps = args.n_envs * args.n_steps  # one rollout and one update each
-    print(f"warm-up: learn({warmup_steps}) per learner (not timed)", flush=True)
-    for name in LEARNERS:
-        models[name].learn(warmup_steps, progress_bar=False)
-    print(f"timing learn({args.total_timesteps}) x {args.repeats} per learner", flush=True)
-    runs = run_repeats(models, args.total_timesteps, args.repeats)
-    summary = summarize(runs)
-    thread_check = None
-    if args.check_threads > 0:
-        other = args.check_threads
-        print(f"thread check: 1 repeat per learner with {other} torch threads", flush=True)
-        torch.set_num_threads(other)
-        check_runs = run_repeats(models, args.total_timesteps, 1, start_index=args.repeats)
-        torch.set_num_threads(args.threads)
-        thread_check = {"threads": other, "runs": check_runs, **summarize(check_runs)}
-    settings = {
-        "env": args.env,
-        "n_envs": args.n_envs,
-        "vec_env": "DummyVecEnv (Monitor-wrapped envs)",
-        "n_steps": args.n_steps,
-        "batch_size": args.batch_size,
-        "n_epochs": args.n_epochs,
-        "gamma": GAMMA,
-        "gae_lambda": GAE_LAMBDA,
-        "learning_rate": LEARNING_RATE,
-        "clip_range": CLIP_RANGE,
-        "width": args.width,
-        "depth": args.depth,
-        "num_steps": args.num_steps,
-        "repeats": args.repeats,
-        "total_timesteps": args.total_timesteps,
-        "warmup_timesteps": warmup_steps,
-        "device": args.device,
-        "seed": args.seed,
-        "torch_threads": args.threads,
-        "quick": args.quick,
-        "reinflow": {
-            "policy": "FlowPolicy",
-            "policy_kwargs": {
-                "num_steps": args.num_steps,
-                "actor_config": {"width": args.width, "depth": args.depth},
-                "value_hidden": [args.width, args.width],
-                "noise_hidden": list(models["reinflow"].policy.noise_hidden),
-            },
-        },
-        "ppo": {
-            "policy": "MlpPolicy (Gaussian, state-independent log-std)",
-            "policy_kwargs": ppo_policy_kwargs(args),
-        },
-    }
+    settings = {name: measure_setting(name, args) for name in args.settings}
     result = {
         "what": "env steps per second of model.learn(total_timesteps): rollouts + updates, "
-        "model construction and warm-up excluded",
+        "model construction and warm-up (compilation included) excluded",
         "machine": {
             **machine_info(("stable_baselines3", "gymnasium", "mujoco")),
             "torch_threads": args.threads,
@@ -503,14 +551,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "code": code_version(),
-        "settings": settings,
+        "repeats": args.repeats,
+        "device": args.device,
+        "seed": args.seed,
+        "quick": args.quick,
+        "ppo_optimizer": args.ppo_optimizer,
         "matched": MATCHED,
         "differs": DIFFERS,
-        "parameters": network_sizes(models),
-        "runs": runs,
-        **summary,
-        "time_breakdown": breakdown(summary["median"]),
-        "thread_check": thread_check,
+        "settings": settings,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     table = markdown(result)

@@ -8,7 +8,11 @@ of the process's work to the end of the evaluation that first reaches it:
   5000 steps of batch 256), then fine-tune it with ReinFlow on the recipe
   (``flowrl.recipes.reinflow_mujoco()``, 4 envs);
 * ``ppo``: SB3 PPO from scratch with the settings of the README's PPO row (SB3's defaults,
-  1 env, observations and rewards normalized by ``VecNormalize``), Adam fused as ReinFlow's.
+  1 env, observations and rewards normalized by ``VecNormalize``), Adam fused as ReinFlow's;
+* ``policyflow``, ``fpo``, ``fpo_pp``, ``dppo``: the other on-policy learners from the same
+  BC actor, with the recipe's rollout and update settings (``flowrl.recipes.reinflow_mujoco``
+  without its ReinFlow noise bounds) and their own policy defaults, as the README's
+  head-to-head (PolicyFlow with the noise of ``experiment=hopper_medium_1m_policyflow``).
 
 Both are evaluated before training and every ``--eval-every`` env steps (deterministic
 actions, ``--eval-episodes`` episodes on a separately seeded env); a run stops at the first
@@ -48,7 +52,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from flowrl import recipes
-from flowrl.algos import ReinFlow
+from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.data import load_dataset
 
@@ -59,7 +63,22 @@ RUNS = RESULTS / "time_to_return"
 # The recipe's BC stage (configs/recipe/reinflow_mujoco.yaml; tests keep them equal).
 BC_ACTOR = {"width": 128, "depth": 2, "num_steps": 4}
 BC_TRAIN = {"steps": 5000, "batch_size": 256}
-LEARNERS = ("reinflow", "reinflow_compiled", "ppo")
+# The on-policy learners that start from the BC actor: algorithm, policy alias, arguments.
+FROM_DATA: dict[str, tuple[type, str, dict[str, Any], dict[str, Any]]] = {
+    "reinflow": (ReinFlow, "FlowPolicy", {}, {}),
+    "reinflow_compiled": (ReinFlow, "FlowPolicy", {"compile": True}, {}),
+    # configs/experiment/hopper_medium_1m_policyflow.yaml's noise
+    "policyflow": (
+        PolicyFlow,
+        "PolicyFlowPolicy",
+        {},
+        {"initial_std": 0.0, "sigma_init": 0.1, "sigma_min": 0.01, "sigma_max": 1.0},
+    ),
+    "fpo": (FPO, "FPOPolicy", {}, {}),
+    "fpo_pp": (FPO, "FPOPolicy", {"variant": "fpo++"}, {}),
+    "dppo": (DPPO, "DiffusionPolicy", {}, {}),
+}
+LEARNERS = (*FROM_DATA, "ppo")
 
 
 class Clock:
@@ -112,7 +131,8 @@ def record_eval(evaluate: Any, steps: int, clock: Clock, log: list, target: floa
     return bool(mean >= target)
 
 
-def run_reinflow(args: argparse.Namespace, clock: Clock, log: list, compiled: bool) -> dict:
+def run_from_data(args: argparse.Namespace, clock: Clock, log: list) -> dict:
+    """Load the dataset, BC, then fine-tune with an on-policy learner (the clock runs)."""
     data = load_dataset(DATASET)
     env = make_vec_env(ENV_ID, n_envs=recipes.REINFLOW_MUJOCO_N_ENVS, seed=args.seed)
     bc = FlowBC.from_dataset(
@@ -123,13 +143,11 @@ def run_reinflow(args: argparse.Namespace, clock: Clock, log: list, compiled: bo
     )
     bc.learn(progress_bar=False)
     bc_seconds = clock.wall()
-    model = ReinFlow(
-        "FlowPolicy",
-        env,
-        seed=args.seed,
-        compile=True if compiled else None,
-        **recipes.reinflow_mujoco(pretrained=bc.actor_ema),
-    )
+    algo, alias, extra, policy = FROM_DATA[args.learner]
+    settings = recipes.reinflow_mujoco(pretrained=bc.actor_ema)
+    if algo is not ReinFlow:  # the recipe's rollout and update, the learner's own policy
+        settings["policy_kwargs"] = {"pretrained": bc.actor_ema, **policy}
+    model = algo(alias, env, seed=args.seed, **extra, **settings)
     eval_env = make_vec_env(ENV_ID, n_envs=1, seed=10_000 + args.seed)
 
     def evaluate() -> tuple[float, float]:
@@ -169,10 +187,8 @@ def train_until(
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     clock, log = Clock(), []
-    if args.learner == "ppo":
-        info = run_ppo(args, clock, log)
-    else:
-        info = run_reinflow(args, clock, log, compiled=args.learner == "reinflow_compiled")
+    run_learner = run_ppo if args.learner == "ppo" else run_from_data
+    info = run_learner(args, clock, log)
     last = log[-1]
     result = {
         "learner": args.learner,
@@ -228,12 +244,12 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         }
         for key, spent in censored.items():
             row[key] = _spread([r[key] if r[key] is not None else spent(r) for r in items])
-        if name.startswith("reinflow"):
+        if name != "ppo":
             row["bc_seconds"] = _spread([r["bc_seconds"] for r in items])
         row["start_return"] = [r["evaluations"][0]["return_mean"] for r in items]
         table[name] = row
     ratios = {}
-    for name in ("reinflow", "reinflow_compiled"):
+    for name in FROM_DATA:
         if name in table and "ppo" in table:
             for key in ("wall_s_to_target", "wall_without_eval_s_to_target"):
                 ratios[f"{name}_over_ppo_{key}"] = (
@@ -265,8 +281,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Time to a deterministic return >= {s['target']} on {ENV_ID}: evaluation every "
         f"{s['eval_every']} env steps ({s['eval_episodes']} episodes), torch threads "
-        f"{s['torch_threads']}, two runs at a time on 2 cores. ReinFlow's clock includes loading "
-        "the dataset and BC.",
+        f"{s['torch_threads']}, two runs at a time on 2 cores. The clock of the learners from "
+        "data includes loading the dataset and BC.",
         "",
         "| learner | reached | wall s to target, median (min–max) | without evaluations | "
         "env steps to target, median | per seed (s) | start return |",

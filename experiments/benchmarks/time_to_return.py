@@ -144,7 +144,8 @@ def run_from_data(args: argparse.Namespace, clock: Clock, log: list) -> dict:
     bc.learn(progress_bar=False)
     bc_seconds = clock.wall()
     algo, alias, extra, policy = FROM_DATA[args.learner]
-    settings = recipes.reinflow_mujoco(pretrained=bc.actor_ema)
+    gamma = {} if args.gamma is None else {"gamma": args.gamma}
+    settings = recipes.reinflow_mujoco(pretrained=bc.actor_ema, **gamma)
     if algo is not ReinFlow:  # the recipe's rollout and update, the learner's own policy
         settings["policy_kwargs"] = {"pretrained": bc.actor_ema, **policy}
     model = algo(alias, env, seed=args.seed, **extra, **settings)
@@ -190,8 +191,10 @@ def run(args: argparse.Namespace) -> None:
     run_learner = run_ppo if args.learner == "ppo" else run_from_data
     info = run_learner(args, clock, log)
     last = log[-1]
+    name = args.learner if args.gamma is None else f"{args.learner}_gamma{args.gamma:g}"
     result = {
-        "learner": args.learner,
+        "learner": name,
+        "gamma": args.gamma,
         "seed": args.seed,
         "target": args.target,
         "eval_every": args.eval_every,
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace) -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / f"{args.learner}_seed{args.seed}.json"
+    out = args.out_dir / f"{name}_seed{args.seed}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
@@ -249,8 +252,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         row["start_return"] = [r["evaluations"][0]["return_mean"] for r in items]
         table[name] = row
     ratios = {}
-    for name in FROM_DATA:
-        if name in table and "ppo" in table:
+    for name in table:
+        if name != "ppo" and "ppo" in table:
             for key in ("wall_s_to_target", "wall_without_eval_s_to_target"):
                 ratios[f"{name}_over_ppo_{key}"] = (
                     table[name][key]["median"] / table["ppo"][key]["median"]
@@ -317,6 +320,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--eval-episodes", type=int, default=5)
     r.add_argument("--max-steps", type=int, default=None, help="default: 1M (PPO), 500k")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument(
+        "--gamma",
+        type=float,
+        help="discount of the learners from data (default: the recipe's 0.999); the run is "
+        "tabulated as <learner>_gamma<value>",
+    )
     r.add_argument(
         "--bc-steps", type=int, default=BC_TRAIN["steps"], help="BC steps (recipe: 5000)"
     )

@@ -141,6 +141,10 @@ class FlowSACPolicy(QCritics, FlowPolicy):
             :class:`~flowrl.policies.FlowPolicyBase` refuses.
     """
 
+    # Its chains are scored with gradients through the reparameterized sample (eager); the
+    # compiled paths that need no state-value net: scoring and the deterministic action.
+    compiled_methods = ("_log_prob_math", "_ode_chain")
+
     off_policy: ClassVar[bool] = True
 
     def __init__(

@@ -242,3 +242,38 @@ def test_buffer_staging_writes_numpy_on_cpu():
         buffer.add_step(**step)
     with pytest.raises(RuntimeError, match="full"):
         buffer.add_step(**step)
+
+
+def test_buffer_staged_off_host_is_copied_once_before_gae():
+    # What a GPU buffer does (device tensors, one host copy per rollout), simulated with
+    # CPU tensors that are not views of the numpy arrays.
+    from flowrl.algos.buffers import ChainRolloutBuffer
+
+    class OffHost(ChainRolloutBuffer):
+        def reset(self):
+            super().reset()
+            self._staged = {k: v.clone() for k, v in self._staged.items()}
+            self._host_synced = False
+
+    model = _model()
+    space_obs, space_act = model.observation_space, model.action_space
+    buffer = OffHost(4, space_obs, space_act, num_steps=3, device="cpu", n_envs=2)
+    gen = torch.Generator().manual_seed(0)
+    chains = torch.randn(4, 2, 4, 1, generator=gen)
+    for t in range(4):
+        buffer.add_step(
+            np.full((2, 3), t, dtype=np.float32),
+            chains[t, :, -1],
+            np.ones(2),
+            np.zeros(2),
+            torch.full((2,), float(t)),
+            torch.full((2,), -float(t), dtype=torch.float64),
+            {"chains": chains[t]},
+        )
+    assert np.all(buffer.chains == 0)  # nothing reached the host arrays yet
+    buffer.compute_returns_and_advantage(last_values=torch.zeros(2), dones=np.zeros(2))
+    np.testing.assert_array_equal(buffer.chains, chains.numpy())
+    np.testing.assert_array_equal(buffer.values, np.arange(4.0)[:, None].repeat(2, 1))
+    np.testing.assert_array_equal(buffer.log_probs, -np.arange(4.0)[:, None].repeat(2, 1))
+    np.testing.assert_array_equal(buffer.actions, chains[:, :, -1].numpy())
+    assert buffer.returns.shape == (4, 2) and np.all(np.isfinite(buffer.advantages))

@@ -65,12 +65,14 @@ LEARNER_ARGS = [
     Bad("entropy_control_unknown", {"entropy_control": "clipcov"}, ValueError, r"entropy_control"),
     Bad("cov_fraction_above_one", {"cov_fraction": 2.0}, ValueError, r"cov_fraction must lie"),
     Bad("clip_cov_bounds_reversed", {"clip_cov_bounds": (5.0, 1.0)}, ValueError, r"lower < upper"),
+    Bad("compile_unknown_mode", {"compile": "fastest"}, ValueError, r"compile must be True, False"),
 ]
 
 # Policy arguments (policy_kwargs) of every flow policy.
 POLICY_ARGS = [
     Bad("num_steps_zero", {"num_steps": 0}, ValueError, r"num_steps|K"),
     Bad("initial_std_negative", {"initial_std": -0.5}, ValueError, r"initial_std must be >= 0"),
+    Bad("compile_not_a_mode", {"compile": "yes"}, ValueError, r"compile must be True, False"),
     Bad(
         "sigma_bounds_reversed",
         {"sigma_min": 0.5, "sigma_max": 0.1},

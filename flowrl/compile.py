@@ -120,10 +120,8 @@ class CompiledPaths:
                 torch.compiler.cudagraph_mark_step_begin()
             return compiled(owner, *args)
         except _compile_errors() as err:
-            first_line = (
-                str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            )
-            self._fall_back(name, f"{type(err).__name__}: {first_line}")
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            self._fall_back(name, f"{type(err).__name__}: {lines[0]}")
             return method(owner, *args)
 
     def _fall_back(self, name: str, reason: str) -> None:

@@ -140,7 +140,7 @@ class PolicyFlow(OnPolicyCore):
         )
 
     def _first_minibatch_stats(self, batch: FieldRolloutSamples) -> dict[str, float]:
-        obs_n = self.policy.actor.normalize_obs(self.policy._cast(batch.observations))
+        obs_n = self.policy._obs_n(batch.observations)
         return {"flow/sigma_mean": float(self.policy.sigma(obs_n).mean())}
 
     def _record_extra(self) -> None:

@@ -272,7 +272,7 @@ def sample_noisy_chain(
         if stds is None:
             mean, sigma = noisy_euler_transition(velocity, std, x, ts[k], dts[k])  # type: ignore[arg-type]
         else:
-            mean, sigma = x + velocity(_batch_time(ts[k], x), x) * dts[k], stds[k]
+            mean, sigma = euler_step(velocity, x, ts[k], dts[k]), stds[k]
         x = mean + sigma * noise[k]
         states.append(x)
         means.append(mean)

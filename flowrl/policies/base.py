@@ -574,7 +574,7 @@ class FlowPolicyBase(BasePolicy):
 
     def predict_values(self, obs: Tensor) -> Tensor:
         """State values V(o), shape (B, 1) (SB3's convention)."""
-        return self.value_net(self.actor.normalize_obs(self._cast(obs)))
+        return self.value_net(self._obs_n(obs))
 
     def ode_endpoint(self, obs: Tensor, a0: Tensor) -> Tensor:
         """The noiseless K-step Euler map φ₁(a⁰; o) on THE grid, shape (B, Da).
@@ -583,7 +583,7 @@ class FlowPolicyBase(BasePolicy):
             obs: Raw observations, shape (B, Do).
             a0: Chain starts, shape (B, Da).
         """
-        return self._endpoint(self.actor.normalize_obs(self._cast(obs)), a0)
+        return self._endpoint(self._obs_n(obs), a0)
 
     def _endpoint(self, obs_n: Tensor, a0: Tensor) -> Tensor:
         """:meth:`ode_endpoint` for already normalized observations (B, Do)."""
@@ -604,7 +604,7 @@ class FlowPolicyBase(BasePolicy):
             obs: Raw observations, shape (B, Do).
             generator: RNG for a⁰ (the global one if None).
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         a0 = self._initial_state(obs, generator)
         ours = self._endpoint(obs_n, a0)
         with torch.no_grad():

@@ -448,7 +448,7 @@ class DiffusionPolicy(FlowPolicyBase):
         self._check_chain(chain)
         chain = self._cast(chain)
         batch, ft = chain.shape[0], self.ft_denoising_steps
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         segment = chain[:, self.first_ft_step :]  # (B, K′+1, Da)
         start = segment[:, :-1].transpose(0, 1).reshape(ft * batch, -1)
         end = segment[:, 1:].transpose(0, 1).reshape(ft * batch, -1)
@@ -511,7 +511,7 @@ class DiffusionPolicy(FlowPolicyBase):
         Both run from the same a⁰ ~ N(0, c²I) (as rollouts draw it); an upper bound of W2²
         of the two mean maps' action distributions, as FlowPolicyBase's term for flows.
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         a0 = self._initial_state(obs, generator)
         ours = self._endpoint(obs_n, a0)
         with torch.no_grad():

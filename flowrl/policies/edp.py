@@ -99,7 +99,7 @@ class EDPPolicy(QCritics, FlowPolicyBase):
 
     def state_values(self, obs: Tensor) -> Tensor:
         """V(o), shape (B,)."""
-        return self.value_net(self.actor.normalize_obs(self._cast(obs))).squeeze(-1)
+        return self.value_net(self._obs_n(obs)).squeeze(-1)
 
     def predict_values(self, obs: Tensor) -> Tensor:
         """V(o), shape (B, 1) (SB3's convention)."""

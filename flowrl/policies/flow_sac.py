@@ -112,7 +112,7 @@ class QCritics:
             actions: Squashed actions y ∈ [−1, 1]^Da, shape (B, Da) (the replay buffer's).
             target: Use the target critics.
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))  # type: ignore[attr-defined]
+        obs_n = self._obs_n(obs)  # type: ignore[attr-defined]
         inputs = torch.cat([obs_n, actions.to(obs_n.dtype)], dim=-1)
         nets = self.critic_target if target else self.critic
         return torch.stack([net(inputs).squeeze(-1) for net in nets])

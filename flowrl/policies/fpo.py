@@ -193,7 +193,7 @@ class FPOPolicy(FlowPolicyBase):
             ℓ_i summed over the action dims (read per ``prediction``), in the networks'
             dtype, with gradient.
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         return self._losses(obs_n, actions, taus, noises)
 
     def evaluate(self, obs: Tensor, actions: Tensor, taus: Tensor, noises: Tensor) -> FPOTerms:
@@ -205,7 +205,7 @@ class FPOPolicy(FlowPolicyBase):
             taus: τ_i, shape (M, N).
             noises: ε_i, shape (M, N, Da).
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         return FPOTerms(
             losses=self._losses(obs_n, actions, taus, noises),
             values=self.value_net(obs_n).flatten(),

@@ -179,7 +179,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
             obs: Raw observations, shape (B, Do).
             generator: RNG for z and n.
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         latents = self._initial_state(obs, generator)
         endpoints = self._endpoint(obs_n, latents)
         sigma = self.sigma(obs_n)
@@ -218,7 +218,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
             ``{"old_velocities": v̂ (B, J, Da), "old_sigma": σ̂ (B, Da), "log_probs":
             log N(a; φ̂₁, σ̂²) (B,)}``.
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         _, velocities = self.path_velocities(obs_n, latents, endpoints, times)
         sigma = self.sigma(obs_n)
         log_prob = gaussian_log_prob(self._cast(actions), endpoints, sigma)
@@ -248,7 +248,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
             estimator: ``"paper"`` or ``"grid"``
                 (:func:`flowrl.flow.ratio.velocity_difference_log_ratio`).
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         x, velocities = self.path_velocities(obs_n, latents, endpoints, times)
         sigma = self.sigma(obs_n)
         noise = self._cast(actions) - endpoints
@@ -275,7 +275,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
             latents: z, shape (B, Da).
             actions: a (normalized), shape (B, Da).
         """
-        obs_n = self.actor.normalize_obs(self._cast(obs))
+        obs_n = self._obs_n(obs)
         endpoints = self._endpoint(obs_n, latents)
         return gaussian_log_prob(self._cast(actions), endpoints, self.sigma(obs_n))
 

@@ -9,6 +9,10 @@ actor and a shortcut actor on samples of an 8-Gaussian mixture, then writes to
   floor) and per-mode sample counts for every model and step count;
 * ``flow_bc.pt``, ``shortcut_bc.pt`` — the EMA actors (``FlowActor.load``);
 * ``tb/`` — TensorBoard scalars of both trainings.
+
+``torchrun --standalone --nproc_per_node=2 experiments/demo.py`` trains both actors
+data-parallel (``bc.batch_size`` is the global batch, split among the ranks); rank 0 alone
+evaluates, plots, prints and writes.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from flowrl import distributed
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.data.toy import mixture_centers, mixture_dataset, sample_mixture
+from flowrl.data_parallel import rank_zero
 from flowrl.metrics import mode_counts, sliced_wasserstein
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+# rank_zero: under torchrun only rank 0 writes Hydra's files (configs/demo.yaml).
+OmegaConf.register_new_resolver("rank_zero", rank_zero, replace=True)
 
 
 @dataclass
@@ -74,10 +83,16 @@ def _sw(x: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://flowrl.configs", config_name="demo")
-def main(cfg: DemoConfig) -> dict:
-    """Train both actors, evaluate them, write the PNG, JSON and checkpoints."""
+def run(cfg: DemoConfig) -> dict:
+    """Train both actors, evaluate them, write the PNG, JSON and checkpoints.
+
+    Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes (the other ranks
+    return an empty dict).
+    """
+    rank0 = distributed.is_main()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.dataset.seed)
     data = mixture_dataset(cfg.dataset.kind, cfg.dataset.size, seed=cfg.dataset.seed)
     centers = mixture_centers(cfg.dataset.kind)
@@ -103,6 +118,8 @@ def main(cfg: DemoConfig) -> dict:
             config=bc_config,
         )
         bc.learn(tensorboard_log=out / "tb" / name, progress_bar=cfg.progress_bar)
+        if not rank0:
+            continue  # rank 0 evaluates and writes
         bc.actor_ema.save(out / f"{name}_bc.pt")
         model: dict = {"train_seconds": round(time.time() - start, 1), "steps": {}}
         samples[name] = {}
@@ -127,6 +144,8 @@ def main(cfg: DemoConfig) -> dict:
             )
         results["models"][name] = model
 
+    if not rank0:
+        return {}
     _plot(data.actions, samples, results, out / "samples.png")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out / 'samples.png'} and {out / 'results.json'}")
@@ -156,6 +175,16 @@ def _plot(data: np.ndarray, samples: dict, results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main() -> dict:
+    """The script: under ``torchrun``, join the group (ranks > 0 write no Hydra files)."""
+    joined = not distributed.is_distributed() and distributed.init()
+    try:
+        return run()
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,11 +15,22 @@ tensors and plain data (``torch.load(weights_only=True)``), so a planted file ca
 code. Outputs per stage: a folder with ``checkpoint.pt``, sample grids and TensorBoard logs;
 at the end ``results.json`` and ``results.md`` (teacher at several step counts, students at
 1, 2, 4 steps; metrics by data kind) and ``grids/*.png``.
+
+Data-parallel under ``torchrun`` (the same arguments)::
+
+    torchrun --standalone --nproc_per_node=2 experiments/generators.py dataset=gaussians8
+
+Every rank trains every stage (each stage's ``batch_size`` is the global batch, split among
+the ranks, which must divide it; gradients are averaged, so the ranks' networks stay
+identical); rank 0 alone resumes from and writes the checkpoints, grids and TensorBoard
+logs, evaluates, writes ``results.json`` / ``results.md`` and Hydra's own files, and prints.
+A plain ``python`` run is the single-process pipeline, unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,12 +43,17 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from flowrl import distributed
+from flowrl.data_parallel import rank_zero
 from flowrl.generative.data import digits, mixture, mixture_modes, moving_squares
 from flowrl.generative.metrics import frechet_distance, motion_directions, train_digit_classifier
 from flowrl.generative.models import DiT, DiTConfig, MLPGenerator
 from flowrl.generative.trainer import DistillConfig, DistillTrainer, TeacherConfig, TeacherTrainer
 from flowrl.generative.visualize import save_comparison, save_samples
 from flowrl.metrics import mode_counts, sliced_wasserstein
+
+# rank_zero: under torchrun only rank 0 writes Hydra's files (configs/generators.yaml).
+OmegaConf.register_new_resolver("rank_zero", rank_zero, replace=True)
 
 STAGES = ("teacher", "scd", "rcm", "evaluate")
 
@@ -277,11 +293,23 @@ def _fit(trainer: Any, stage: str, cfg: GeneratorsConfig, timings: dict[str, flo
     trainer.fit(progress_bar=cfg.progress_bar)
     timings[stage] = time.perf_counter() - start
     resumed = "" if trainer.resumed_from is None else f", resumed from step {trainer.resumed_from}"
-    print(f"{stage}: {trainer.step} steps ({timings[stage]:.0f} s this run{resumed})", flush=True)
+    if distributed.is_main():
+        print(
+            f"{stage}: {trainer.step} steps ({timings[stage]:.0f} s this run{resumed})", flush=True
+        )
+
+
+def _exists(path: Path) -> bool:
+    """Whether rank 0 finds ``path`` (every rank gets its answer; a plain check alone)."""
+    return distributed.on_main(path.exists, f"looking for {path}")
 
 
 def run(cfg: GeneratorsConfig) -> dict[str, Any]:
-    """Run the configured stages; returns the evaluation (empty if not a stage)."""
+    """Run the configured stages; returns the evaluation (empty if not a stage).
+
+    Under ``torchrun`` every rank calls it: each trains every stage, rank 0 alone writes,
+    evaluates and returns the evaluation (the other ranks return an empty dict).
+    """
     unknown = set(cfg.stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
@@ -295,8 +323,8 @@ def run(cfg: GeneratorsConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     if "teacher" in cfg.stages:
         _fit(teacher, "teacher", cfg, timings)
-    elif (out / "teacher" / "checkpoint.pt").exists():
-        teacher.load_checkpoint(out / "teacher" / "checkpoint.pt")
+    elif _exists(out / "teacher" / "checkpoint.pt"):
+        teacher.load_checkpoint(out / "teacher" / "checkpoint.pt")  # read by rank 0 alone
     else:
         raise FileNotFoundError(
             f"no teacher checkpoint in {out / 'teacher'}: run the teacher stage"
@@ -309,21 +337,21 @@ def run(cfg: GeneratorsConfig) -> dict[str, Any]:
         if (
             stage == "rcm"
             and cfg.rcm_init == "scd"
-            and not checkpoint.exists()
             and "scd" in students
+            and not _exists(checkpoint)
         ):
             # rCM as sCD + DMD, continued from the sCD student (saves CPU time).
             trainer.model.load_state_dict(students["scd"].model.state_dict())
             trainer.ema.load_state_dict(students["scd"].ema.state_dict())
         if stage in cfg.stages:
             _fit(trainer, stage, cfg, timings)
-        elif checkpoint.exists():
+        elif _exists(checkpoint):
             trainer.load_checkpoint(checkpoint)
         else:
             continue
         students[stage] = trainer
-    if "evaluate" not in cfg.stages:
-        return {}
+    if "evaluate" not in cfg.stages or not distributed.is_main():
+        return {}  # (under torchrun, rank 0 alone evaluates)
     print("evaluating", flush=True)
     result = evaluate(cfg, Evaluator(cfg, data, labels), teacher, students, out)
     result["config"] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
@@ -340,9 +368,23 @@ def run(cfg: GeneratorsConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://flowrl.configs", config_name="generators")
-def main(cfg: GeneratorsConfig) -> dict[str, Any]:
+def _hydra_main(cfg: GeneratorsConfig) -> dict[str, Any]:
     """Hydra entry point: convert the validated config and run the pipeline."""
     return run(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+
+
+def main() -> dict[str, Any]:
+    """The command (script and ``flowrl-generators``): Hydra's arguments, under torchrun too.
+
+    Joins the process group when ``torchrun`` started the process (a plain run: nothing),
+    keeps ranks other than 0 from writing Hydra's files, runs, and leaves the group.
+    """
+    joined = not distributed.is_distributed() and distributed.init()
+    try:
+        return _hydra_main()
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":
@@ -350,5 +392,6 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         # The stage being trained has checkpointed the step it reached (see fit).
-        print("interrupted: run the same command again to resume", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # (main left the group: torchrun's RANK)
+            print("interrupted: run the same command again to resume", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -12,7 +12,9 @@ with other settings is refused rather than silently reused.
   ``teacher_timesteps`` steps, a short or a long training) and save the transitions as a
   D4RL-style ``.npz`` and, optionally, as a local Minari dataset.
 * **bc**: behaviour-clone a :class:`~flowrl.policies.FlowActor` on that dataset and save its
-  EMA weights (``bc.pt``), the checkpoint ReinFlow fine-tunes.
+  EMA weights (``bc.pt``), the checkpoint ReinFlow fine-tunes. Data-parallel under
+  ``torchrun``: every rank calls :func:`behaviour_clone` and trains (``bc.train.batch_size``
+  is the global batch); rank 0 alone claims, locks and writes the stage folder.
 * **explore**: EDP's reward-free pretraining (:class:`~flowrl.algos.EDPExplore`, or
   :class:`~flowrl.algos.EDPExploreFlow` with a flow behaviour policy): a behaviour policy
   trained on the score intrinsic reward collects data without reading the env's reward, and
@@ -20,6 +22,10 @@ with other settings is refused rather than silently reused.
   (``prior.pt``), the one :class:`~flowrl.algos.EDP` fine-tunes (any flow learner takes it).
   On a flowrl PointMaze (``flowrl/PointMaze-*``) ``explore.json`` also records the coverage
   of the maze.
+
+Under ``torchrun`` the dataset and explore stages are not data-parallel: rank 0 alone runs
+them (e.g. through :func:`flowrl.distributed.on_main`); the bc stage is, and every rank
+calls it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -44,6 +50,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from flowrl import distributed
 from flowrl.algos import EDPExplore, EDPExploreFlow
 from flowrl.algos.bc import BCConfig, FlowBC
 from flowrl.algos.exploration import intrinsic_options
@@ -405,6 +412,13 @@ def behaviour_clone(
     an env wrapped in :class:`~flowrl.envs.ActionChunk`. ``dataset`` is a path or a
     ``pkg://`` one (:func:`data_file`), recorded as given: a shipped dataset names the same
     stage from any working folder and any install.
+
+    Under ``torchrun`` every rank calls it with the same arguments and trains
+    (:class:`~flowrl.algos.bc.FlowBC` is data-parallel: ``cfg.train.batch_size`` is the
+    global batch, split among the ranks); rank 0 alone checks and claims ``out``, holds its
+    lock, resumes from (and writes) the trainer checkpoint, the TensorBoard events,
+    ``bc.pt`` and ``bc.json``, and every rank returns once ``bc.pt`` is written. Every rank
+    reads the dataset file itself.
     """
     if cfg.kind not in BC_KINDS:
         raise ValueError(f"bc.kind must be one of {sorted(BC_KINDS)}, got {cfg.kind!r}")
@@ -413,10 +427,15 @@ def behaviour_clone(
         settings.pop("kind")
     if action_chunk > 1:  # only then, so folders made before chunking existed stay valid
         settings["action_chunk"] = action_chunk
-    _claim_stage(out, settings)
-    if (out / "bc.pt").exists():  # made before: the folder is not touched
-        return out / "bc.pt"
-    with folder_lock(out, wait=True):
+
+    def claim() -> bool:
+        _claim_stage(out, settings)
+        return (out / "bc.pt").exists()
+
+    if distributed.on_main(claim, "claiming the bc stage folder"):
+        return out / "bc.pt"  # made before: the folder is not touched
+    # Rank 0 alone writes the folder, so it alone locks it (the others must not wait for it).
+    with folder_lock(out, wait=True) if distributed.is_main() else nullcontext():
         return _behaviour_clone(
             cfg, data_file(dataset), env_id, out, progress_bar, action_chunk, checkpoint_interval
         )
@@ -431,9 +450,10 @@ def _behaviour_clone(
     action_chunk: int,
     checkpoint_interval: int,
 ) -> Path:
-    """:func:`behaviour_clone`'s work, in its locked stage folder."""
+    """:func:`behaviour_clone`'s work, in its locked stage folder (every rank)."""
+    main = distributed.is_main()
     path = out / "bc.pt"
-    if path.exists():
+    if distributed.on_main(path.exists, "checking for bc.pt"):  # made while rank 0 waited
         return path
     data = chunk_actions(OfflineDataset.load_npz(dataset_path), action_chunk)
     env = gym.make(env_id)
@@ -441,10 +461,12 @@ def _behaviour_clone(
         env = ActionChunk(env, action_chunk)
     start = time.time()
     ckpt = out / "trainer.ckpt"
-    (out / "trainer.ckpt.tmp").unlink(missing_ok=True)  # left by a process killed mid-write
-    if ckpt.exists():
-        bc = FlowBC.load_checkpoint(ckpt, data)
-        print(f"bc: resuming {ckpt} at step {bc.step}")
+    if main:
+        (out / "trainer.ckpt.tmp").unlink(missing_ok=True)  # left by a process killed mid-write
+    if distributed.on_main(ckpt.exists, "looking for the BC trainer checkpoint"):
+        bc = FlowBC.load_checkpoint(ckpt, data)  # read by rank 0, sent to the others
+        if main:
+            print(f"bc: resuming {ckpt} at step {bc.step}")
     else:
         bc = FlowBC.from_dataset(
             data,
@@ -453,18 +475,20 @@ def _behaviour_clone(
             config=cfg.train,
             actor_class=BC_KINDS[cfg.kind],
         )
-    bc.learn(
+    bc.learn(  # under torchrun: rank 0 alone writes the events and checkpoints
         tensorboard_log=out / "tb",
         checkpoint_path=ckpt,
         checkpoint_interval=checkpoint_interval,
         progress_bar=progress_bar,
     )
-    partial = out / "bc.partial.pt"
-    bc.actor_ema.save(partial)
-    os.replace(partial, path)  # bc.pt appears complete or not at all
-    info = {"dataset": str(dataset_path), "seconds": round(time.time() - start, 1)}
-    (out / "bc.json").write_text(json.dumps(info, indent=2))
-    print(f"bc: {cfg.train.steps} steps in {info['seconds']} s -> {path}")
+    if main:
+        partial = out / "bc.partial.pt"
+        bc.actor_ema.save(partial)
+        os.replace(partial, path)  # bc.pt appears complete or not at all
+        info = {"dataset": str(dataset_path), "seconds": round(time.time() - start, 1)}
+        (out / "bc.json").write_text(json.dumps(info, indent=2))
+        print(f"bc: {cfg.train.steps} steps in {info['seconds']} s -> {path}")
+    distributed.barrier("waiting for rank 0 to write bc.pt")  # then every rank may read it
     return path
 
 

@@ -73,9 +73,11 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
+from flowrl import distributed
 from flowrl.algos.on_policy import check_on_policy_args
 from flowrl.callbacks import LearningCurveCallback
 from flowrl.checkpoints import TrainingCheckpoint, sigterm_as_interrupt
+from flowrl.data_parallel import rank_zero
 from flowrl.envs import ActionChunk
 from flowrl.experiments.pretrain import (
     BC_KINDS,
@@ -101,7 +103,14 @@ CONFIG_DIR = Path(str(files(CONFIG_MODULE)))
 EVAL_SEED_OFFSET = 10_000  # the eval env's seed is seed + this, apart from the training envs
 # Fields that change neither what is trained nor how: a finished run with other values of
 # these is still the same run.
-RESUME_IGNORED = ("output_dir", "progress_bar", "verbose", "checkpoint", "from_scratch")
+RESUME_IGNORED = (
+    "output_dir",
+    "progress_bar",
+    "verbose",
+    "checkpoint",
+    "from_scratch",
+    "distributed",  # how ranks talk: a torchrun job trains what one process of its envs does
+)
 STAGES = ("dataset", "bc", "explore", "finetune")
 CHECKPOINT = "checkpoint.pt"  # an unfinished fine-tuning run's resumable state
 PARTIAL_FILES = (
@@ -703,6 +712,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How the ranks of a torchrun job talk (a plain run ignores it).
+
+    ``torchrun --nproc_per_node=N experiments/train.py ...`` runs one rank per process: each
+    steps ``n_envs / N`` of the run's ``n_envs`` envs (the rollout, minibatches and env-step
+    budget are the run's, split), gradients are averaged, rank 0 evaluates and writes.
+    """
+
+    backend: str = "auto"  # auto: nccl with CUDA, else gloo; or gloo, nccl
+    # Seconds a rank waits for the others at a collective; rank 0's evaluations, checkpoints
+    # and pretraining stages (which it runs alone) must fit in it.
+    timeout_s: float = 1800.0
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run reads (Hydra validates overrides against these fields)."""
 
@@ -724,6 +748,7 @@ class TrainConfig:
     verbose: int = 0  # SB3 verbosity (1: a table per rollout; eval lines)
     device: str = "cpu"  # torch device
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # resumable runs
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # under torchrun
     # Where the run writes (model, curve, results, TensorBoard). A sweep over other keys than
     # algo, env and seed must name them here, e.g. 'outputs/lr${algo.learning_rate}/seed${seed}'.
     output_dir: str = "outputs/train/${algo.name}/${env.name}/seed${seed}"
@@ -919,6 +944,9 @@ def check_bc_actor_chosen(cfg: TrainConfig) -> None:
 # Resolvers of configs/train.yaml's hydra section. abspath: a multirun job's folder is its
 # output_dir (hydra.sweep.subdir, which Hydra joins to hydra.sweep.dir unless absolute).
 OmegaConf.register_new_resolver("abspath", os.path.abspath, replace=True)
+
+
+OmegaConf.register_new_resolver("rank_zero", rank_zero, replace=True)
 
 
 def _help_groups(*groups: str) -> str:
@@ -1222,36 +1250,95 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         The results (as written to ``<output_dir>/results.json``).
     """
     cfg = as_train_config(cfg)
+    if cfg.distributed.backend not in ("auto", "gloo", "nccl"):
+        raise ValueError(
+            f"distributed.backend must be auto, gloo or nccl, got {cfg.distributed.backend!r}"
+        )
+    # Under torchrun: join the group (a plain run: nothing happens).
+    joined = not distributed.is_distributed() and distributed.init(
+        backend=None if cfg.distributed.backend == "auto" else cfg.distributed.backend,
+        timeout_s=cfg.distributed.timeout_s,
+        threads=cfg.threads,
+    )
+    try:
+        return _train_run(cfg)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def check_data_parallel(cfg: TrainConfig) -> None:
+    """Under torchrun: refuse what the ranks cannot split (a no-op in a plain run).
+
+    Raises:
+        ValueError: On every rank, for ``n_envs`` not divisible by the number of ranks or an
+            algorithm that does not train data-parallel (SB3's own PPO and SAC, DSRL).
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return
+    n_envs = cfg.env.n_envs or cfg.n_envs
+    if n_envs % world:
+        raise ValueError(
+            f"n_envs={n_envs} cannot be split among {world} ranks: each rank steps an equal "
+            f"share of the run's envs. Choose n_envs divisible by {world}."
+        )
+    algo = hydra.utils.get_class(cfg.algo._target_)
+    if not getattr(algo, "supports_data_parallel", False):
+        raise ValueError(
+            f"algo={cfg.algo.name} does not train data-parallel ({cfg.algo._target_}); launch "
+            "it without torchrun (docs/distributed.md lists the learners that do)"
+        )
+
+
+def _train_run(cfg: TrainConfig) -> dict[str, Any]:
+    """:func:`train` on every rank: rank 0 reads and writes the run folder, the others train."""
     config = config_dict(cfg)
     out = Path(cfg.output_dir)
-    finished = _finished_run(out, config)
+    finished = distributed.on_main(lambda: _finished_run(out, config), "a finished-run check")
     if finished is not None:
-        print(f"{out}: finished run of this config found, skipping", flush=True)
+        if distributed.is_main():
+            print(f"{out}: finished run of this config found, skipping", flush=True)
         return finished
     check_compatible(cfg)
-    check_bc_actor_chosen(cfg)
+    check_data_parallel(cfg)
+    distributed.on_main(lambda: check_bc_actor_chosen(cfg), "the pretrained-actor check")
+    if not distributed.is_main():
+        return _train(cfg, config, out)
     with folder_lock(out, wait=False):  # one process writes a run folder
         return _train(cfg, config, out)
 
 
 def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any]:
-    """:func:`train`'s work, in its locked output folder."""
+    """:func:`train`'s work, in its locked output folder (rank 0; the other ranks train only)."""
     torch.set_num_threads(cfg.threads)
-    for partial in PARTIAL_FILES:  # left by a process killed while writing
-        (out / partial).unlink(missing_ok=True)
+    main = distributed.is_main()
+    world = distributed.world_size()
+    n_envs = cfg.env.n_envs or cfg.n_envs
+    if main:
+        for partial in PARTIAL_FILES:  # left by a process killed while writing
+            (out / partial).unlink(missing_ok=True)
     results: dict[str, Any] = {"config": config}
+    # Under torchrun the bc stage trains data-parallel; dataset and explore run on rank 0.
     pretrained = _pretrain(cfg, results)
     if "finetune" not in cfg.stages:
-        _write_results(out, results)
+        if main:
+            _write_results(out, results)
         return results
     # From here on a plain fine-tuning run of the checkpoint the stages made (or were given).
     cfg = replace(cfg, pretrained=pretrained, stages=["finetune"])
 
-    venv = make_vec_env_from_config(cfg.env, cfg.env.n_envs or cfg.n_envs, cfg.seed, cfg.algo.gamma)
+    # Rank r steps envs r·E … (r+1)·E − 1 of the run's n_envs (their seeds too).
+    local = n_envs // world
+    venv = make_vec_env_from_config(
+        cfg.env, local, distributed.rank_seed(cfg.seed, local), cfg.algo.gamma
+    )
+    model = build_model(cfg, venv)
+    if not main:
+        return _train_other_rank(cfg, config, model, venv, out)
     eval_env = make_vec_env_from_config(
         cfg.env, 1, cfg.seed + EVAL_SEED_OFFSET, cfg.algo.gamma, norm_reward=False, training=False
     )
-    model = build_model(cfg, venv)
     # SB3 counts decisions; one decision plays action_chunk env steps (fewer at an episode's
     # end), so the budget and the evaluation period in env steps are divided by it.
     chunk = cfg.env.action_chunk
@@ -1270,7 +1357,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
         save_freq=cfg.checkpoint.finetune_steps // chunk if cfg.checkpoint.finetune_steps else 0,
         extra=lambda: {"config": config, "curve": curve.state_dict()},
     )
-    resumed = _resume(ckpt, model, curve, config)
+    resumed = _resume(ckpt, model, curve, config, cfg.seed)
     budget = -(-cfg.total_timesteps // chunk)
     start = time.perf_counter()
     if model.num_timesteps < budget:
@@ -1294,6 +1381,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
                 raise
         ckpt.write()  # the finished state: a crash while writing the outputs loses nothing
     wall = curve.state_dict()["elapsed_s"] if resumed else time.perf_counter() - start
+    distributed.barrier("the end of training")
 
     _save_model(model, venv, out)
     curve.save_csv(out / "curve.csv")
@@ -1308,6 +1396,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
         wall_time_s=wall,
         eval_time_s=curve.eval_seconds,
         steps_per_second=model.num_timesteps / train_seconds,  # training only
+        world_size=world,
         curve=curve.curve,
     )
     _write_results(out, results)
@@ -1319,20 +1408,46 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
     return results
 
 
+def _train_other_rank(
+    cfg: TrainConfig, config: dict[str, Any], model: BaseAlgorithm, venv: VecEnv, out: Path
+) -> dict[str, Any]:
+    """A torchrun rank other than 0: resume as rank 0 does, train, write nothing."""
+    ckpt = TrainingCheckpoint(out / CHECKPOINT, save_freq=0)  # read through rank 0, never written
+    resumed = _resume(ckpt, model, None, config, cfg.seed)
+    budget = -(-cfg.total_timesteps // cfg.env.action_chunk)
+    if model.num_timesteps < budget:
+        with sigterm_as_interrupt():
+            model.learn(
+                budget - model.num_timesteps,
+                tb_log_name=cfg.algo.name,
+                reset_num_timesteps=not resumed,
+            )
+    distributed.barrier("the end of training")
+    venv.close()
+    return {"rank": distributed.rank(), "timesteps": int(model.num_timesteps)}
+
+
 def _resume(
     ckpt: TrainingCheckpoint,
     model: BaseAlgorithm,
-    curve: LearningCurveCallback,
+    curve: LearningCurveCallback | None,
     config: dict[str, Any],
+    seed: int = 0,
 ) -> bool:
     """Restore an interrupted run of this config from its checkpoint; False if there is none.
+
+    Under torchrun rank 0 reads the checkpoint and every rank restores it; ranks other than
+    0 then reseed (their noise must differ from rank 0's, whose generator state the
+    checkpoint holds), so only rank 0 continues exactly as an uninterrupted run would.
 
     Raises:
         ValueError: If the checkpoint is damaged or of another config.
     """
-    if not ckpt.exists():
+    state = distributed.on_main(
+        lambda: ckpt.load() if ckpt.exists() else None, "reading the checkpoint to resume"
+    )
+    if state is None:
         return False
-    state = ckpt.load()
     changed = config_changes(state["extra"].get("config", {}), config)
     if changed:
         raise ValueError(
@@ -1340,8 +1455,12 @@ def _resume(
             "choose another output_dir or delete the checkpoint to start afresh"
         )
     ckpt.resume(model, state)
-    curve.load_state_dict(state["extra"]["curve"])
-    print(f"{ckpt.path}: resuming at step {model.num_timesteps}", flush=True)
+    if not distributed.is_main():
+        model.set_random_seed(seed + model.num_timesteps)  # offset by rank
+    if curve is not None:
+        curve.load_state_dict(state["extra"]["curve"])
+    if distributed.is_main():
+        print(f"{ckpt.path}: resuming at step {model.num_timesteps}", flush=True)
     return True
 
 
@@ -1360,7 +1479,9 @@ def _pretrain(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
     if "dataset" in cfg.stages or "bc" in cfg.stages:
         pretrained = _offline_stages(cfg, results) or pretrained
     if "explore" in cfg.stages:
-        pretrained = _explore_stage(cfg, results)
+        pretrained = distributed.on_main(
+            lambda: _explore_stage(cfg, results), "the explore stage (on rank 0)"
+        )
     return pretrained
 
 
@@ -1386,20 +1507,14 @@ def _explore_stage(cfg: TrainConfig, results: dict[str, Any]) -> str:
 
 
 def _offline_stages(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
-    """The dataset and bc stages; the BC checkpoint (None without the bc stage)."""
+    """The dataset and bc stages; the BC checkpoint (None without the bc stage).
+
+    Under torchrun rank 0 alone makes the dataset (the other ranks wait for it); every rank
+    then takes part in behaviour cloning, which trains data-parallel.
+    """
     root = Path(cfg.pretrain_dir)
-    made = root / "dataset" / "dataset.npz"
-    if "dataset" not in cfg.stages and cfg.dataset.path is None and not made.exists():
-        raise ValueError(
-            f"stage bc needs a dataset: add the dataset stage, set dataset.path, or make "
-            f"{made} first"
-        )
-    dataset_path = make_dataset(
-        cfg.dataset,
-        cfg.env.id,
-        root / "dataset",
-        make_kwargs(cfg.env),
-        cfg.checkpoint.finetune_steps,
+    dataset_path = distributed.on_main(
+        lambda: _dataset_stage(cfg, root), "the dataset stage (on rank 0)"
     )
     returns = dataset_returns(dataset_path)
     results["dataset"] = {
@@ -1421,6 +1536,23 @@ def _offline_stages(cfg: TrainConfig, results: dict[str, Any]) -> str | None:
     )
     results["bc"] = {"path": str(path), "steps": cfg.bc.train.steps}
     return str(path)
+
+
+def _dataset_stage(cfg: TrainConfig, root: Path) -> Path:
+    """The dataset stage (or the dataset it made before); its ``.npz``."""
+    made = root / "dataset" / "dataset.npz"
+    if "dataset" not in cfg.stages and cfg.dataset.path is None and not made.exists():
+        raise ValueError(
+            f"stage bc needs a dataset: add the dataset stage, set dataset.path, or make "
+            f"{made} first"
+        )
+    return make_dataset(
+        cfg.dataset,
+        cfg.env.id,
+        root / "dataset",
+        make_kwargs(cfg.env),
+        cfg.checkpoint.finetune_steps,
+    )
 
 
 def _write_results(out: Path, results: dict[str, Any]) -> None:

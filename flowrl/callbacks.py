@@ -38,6 +38,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
 from stable_baselines3.common.vec_env.vec_normalize import VecNormalize
 
+from flowrl import distributed
+
 if TYPE_CHECKING:
     from flowrl.envs.maze import MazeLayout
 
@@ -54,7 +56,8 @@ class LearningCurveCallback(BaseCallback):
       together): env steps, or decisions of a policy acting in chunks;
     * ``env_steps``: env steps of training so far, from ``info["env_steps"]`` where the env
       reports it (:class:`flowrl.envs.ActionChunk` does: Ta per decision), else one per step;
-      a model's steps from before this callback first trained count one each;
+      a model's steps from before this callback first trained count one each; under torchrun
+      (where callbacks run on rank 0 only) rank 0's count times the number of ranks;
     * ``time_s``: seconds since training started (evaluations included);
     * ``return_deterministic_mean`` / ``_std``, ``length_deterministic_mean``: episodes of
       ``predict(deterministic=True)``;
@@ -163,8 +166,11 @@ class LearningCurveCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         # An env that plays several steps per decision says how many (ActionChunk).
+        # Under torchrun this callback runs on rank 0, whose envs are 1/W of the run's: its
+        # count stands for every rank's (exact without chunks; with them, up to episode ends).
         infos = self.locals.get("infos", [])
-        self.env_steps = (self.env_steps or 0) + sum(int(i.get("env_steps", 1)) for i in infos)
+        steps = sum(int(i.get("env_steps", 1)) for i in infos) * distributed.world_size()
+        self.env_steps = (self.env_steps or 0) + steps
         if self.num_timesteps >= self._next_eval:
             self.evaluate()
             self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq

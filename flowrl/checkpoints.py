@@ -370,7 +370,16 @@ def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
         for name in REPLAY_FIELDS:
             if name in saved_buffer:
                 values = saved_buffer[name].numpy()
-                getattr(buffer, name)[: len(values)] = values
+                target = getattr(buffer, name)
+                if values.shape[1:] != target.shape[1:] or len(values) > len(target):
+                    raise ValueError(
+                        f"the training state's replay buffer ({name} {tuple(values.shape)}: "
+                        "rows × envs × …) does not fit this run's "
+                        f"({tuple(target.shape)}): an off-policy run resumes with the same "
+                        "envs per process and buffer size (under torchrun: the same n_envs "
+                        "and number of ranks)"
+                    )
+                target[: len(values)] = values
         buffer.pos, buffer.full = saved_buffer["pos"], saved_buffer["full"]
     norm = model.get_vec_normalize_env()
     saved_norm = state.get("vec_normalize")

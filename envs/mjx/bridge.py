@@ -171,6 +171,15 @@ def make_batch_functions(task: MJXTask, num_envs: int):
     return jax.jit(reset), jax.jit(step)
 
 
+def rank_device() -> Any:
+    """The local JAX device of this process: number ``LOCAL_RANK`` (set by torchrun), else 0.
+
+    With fewer devices than ranks on a machine (CPU: one), ranks share them round-robin.
+    """
+    devices = jax.local_devices()
+    return devices[int(os.environ.get("LOCAL_RANK", "0")) % len(devices)]
+
+
 class MJXVecEnv(VecEnv):
     """E MJX environments as one SB3 ``VecEnv`` (and, through :attr:`torch`, a torch env).
 
@@ -184,6 +193,9 @@ class MJXVecEnv(VecEnv):
         transfer: How the torch face crosses between JAX and torch: ``"dlpack"`` (default,
             shares buffers) or ``"numpy"`` (copies through host memory).
         task_kwargs: Passed to :func:`~flowrl.envs.mjx.make_task` when ``task`` is a name.
+        device: The JAX device the batch lives on; None: this process's local device
+            ``LOCAL_RANK`` (torchrun's rank on its machine, 0 in a plain run), so each rank
+            of a data-parallel job simulates on its own GPU.
 
     Observations are float32 (MJX simulates in float32); actions are float32 within the
     actuators' ctrlrange (as gymnasium's action space).
@@ -198,6 +210,7 @@ class MJXVecEnv(VecEnv):
         max_episode_steps: int | None = None,
         transfer: Transfer = "dlpack",
         task_kwargs: dict[str, Any] | None = None,
+        device: Any = None,
     ):
         if isinstance(task, str):
             from . import make_task
@@ -217,7 +230,7 @@ class MJXVecEnv(VecEnv):
         super().__init__(num_envs, observation_space, action_space)
         self._reset_fn, self._step_fn = make_batch_functions(task, num_envs)
         self._time_limit = jnp.asarray(self.max_episode_steps, jnp.int32)
-        self.device = jax.devices()[0]
+        self.device = rank_device() if device is None else device
         self._key = jax.random.PRNGKey(seed)
         self._batch: _Batch | None = None
         self._actions: np.ndarray | None = None

@@ -72,7 +72,7 @@ from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 from torch import Tensor
 
-from flowrl.algos.common import check_total_timesteps
+from flowrl.algos.common import check_total_timesteps, refuse_distributed
 from flowrl.checkpoints import file_kind
 from flowrl.policies.base import check_pretrained, check_spaces
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
@@ -485,6 +485,9 @@ class LatentSteering:
     env actions; ``latent_predict`` gives the latents. During training the replay buffer
     stores latents scaled to [−1, 1] (SB3's convention for Box actions).
 
+    DSRL does not train data-parallel (SB3's own SAC/TD3 loop, without gradient averaging):
+    under ``torchrun`` it refuses to be built; launch it as one process.
+
     Args:
         policy: ``"MlpPolicy"`` (the latent policy class) or a subclass of it.
         env: The raw env: an id, a gym.Env or a VecEnv (raw observations); None only when
@@ -504,7 +507,8 @@ class LatentSteering:
             FlowActor.
         ValueError: For a bad ``latent_bound``/``warmup``/K, an env the flow cannot act in,
             an actor that does not fit the env or has non-finite weights, a policy class
-            without the frozen flow, or ``policy_kwargs`` that set the flow's keys.
+            without the frozen flow, or ``policy_kwargs`` that set the flow's keys; under
+            ``torchrun`` (DSRL does not train data-parallel), on every rank.
         FileNotFoundError: If ``actor`` names a file that does not exist.
     """
 
@@ -531,6 +535,7 @@ class LatentSteering:
         warmup: str = "gaussian",
         **kwargs: Any,
     ):
+        refuse_distributed(self)
         self._check_policy_class(policy, loading=env is None)
         if warmup not in WARMUPS:
             raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")

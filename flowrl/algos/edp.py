@@ -39,6 +39,11 @@ energy guidance on a copy of the pretrained score) and then distils it; here the
 weights enter the flow-matching loss directly, so there is no second (energy) network and no
 second noise schedule. ``distill_interval`` sets the alternation: one distillation step every
 that many critic steps (after ``critic_warmup_steps`` critic-only steps).
+
+Under ``torchrun`` (:mod:`flowrl.distributed`) :class:`EDP` trains data-parallel as FlowSAC
+does (:class:`~flowrl.algos.common.OffPolicyFlowLearner`); the reward-free explorers
+(:class:`EDPExplore`, :class:`EDPExploreFlow`) do not (their state model, π_pre and running
+statistics are fitted per process) and refuse to be built in a process group.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch import Tensor
 from torch.nn import functional as F
 
+from flowrl import distributed
 from flowrl.algos.common import OffPolicyFlowLearner
 from flowrl.algos.exploration import IntrinsicRewardMixin
 from flowrl.algos.flow_sac import FlowSAC, check_off_policy_args
@@ -253,8 +259,22 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
     The other arguments are SB3 ``OffPolicyAlgorithm``'s (``replay_buffer_class``,
     ``policy_kwargs``, ``tensorboard_log``, ``verbose``, ``seed``, ``device``, …).
 
+    Under ``torchrun`` every rank builds the learner with the same arguments and its own E envs
+    (seeded ``seed + rank·E``) and calls ``learn``: the ranks start from rank 0's weights,
+    ``batch_size``, ``distill_batch_size`` and ``buffer_size`` are global (each rank samples
+    its 1/W share of each minibatch from its own buffer of ``buffer_size / W`` transitions),
+    ``num_timesteps`` (hence ``learning_starts``, ``total_timesteps`` and
+    ``gradient_steps=-1``) counts every rank's env steps, ``train_freq`` must count steps, and
+    each gradient step averages the critics', the value net's and (when it distils) the
+    actor's gradients over the ranks (before the actor's clip) in one all-reduce that also
+    refuses the step on every rank if a loss is not finite on any. The copies stay
+    bit-identical (checked after every ``train``); rank 0 alone runs callbacks, logs and
+    saves, and its checkpoint is a single-process one.
+
     Raises:
-        ValueError: Naming a bad argument and its valid range.
+        ValueError: Naming a bad argument and its valid range; under torchrun also a
+            ``batch_size`` or distillation batch the world size does not divide, or a
+            ``train_freq`` in episodes (on every rank).
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"EDPPolicy": EDPPolicy}  # type: ignore[misc]
@@ -368,7 +388,31 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_policy()
         self._convert_train_freq()
+        self._check_world()
         self._make_replay_buffer()
+
+    @property
+    def _distill_rows(self) -> int:
+        """States per distillation step, all ranks together (at most ``batch_size``)."""
+        return min(self.distill_batch_size or self.batch_size, self.batch_size)
+
+    def _check_world(self) -> None:
+        super()._check_world()
+        world = distributed.world_size()
+        if self._distill_rows % world:
+            raise ValueError(
+                f"distill_batch_size={self._distill_rows} (the global distillation batch) is "
+                f"not divisible by the world size {world}: every rank distils an equal share. "
+                f"Choose a multiple of {world}."
+            )
+
+    def _distributed_settings(self) -> dict[str, Any]:
+        return {
+            **super()._distributed_settings(),
+            "critic_warmup_steps": self.critic_warmup_steps,
+            "distill_interval": self.distill_interval,
+            "distill_batch_size": self.distill_batch_size,
+        }
 
     # ------------------------------------------------------------------ losses
 
@@ -424,10 +468,19 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
     # ------------------------------------------------------------------ update
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        """``gradient_steps`` critic steps; a distillation step every ``distill_interval``."""
+        """``gradient_steps`` critic steps; a distillation step every ``distill_interval``.
+
+        ``batch_size`` is the global minibatch: under torchrun this rank samples its share.
+        """
         policy = self.policy
         policy.set_training_mode(True)
-        self._update_learning_rate([policy.optimizer, policy.critic_optimizer])
+        optimizers = [policy.critic_optimizer, policy.optimizer]
+        self._update_learning_rate(optimizers)
+        sync = distributed.GradientSync(
+            p for opt in optimizers for g in opt.param_groups for p in g["params"]
+        )
+        distill_rows = self._rank_share(min(self.distill_batch_size or batch_size, batch_size))
+        batch_size = self._rank_share(batch_size)
         stats: dict[str, list[float]] = {
             k: [] for k in ("q_loss", "v_loss", "q", "actor", "ess", "q_gain", "grad_norm")
         }
@@ -440,21 +493,26 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
             )
             actor_loss = None
             if distill:
-                n = self.distill_batch_size or batch_size
-                actor_loss, info = self.distillation_loss(data.observations[:n])
-            for name, loss in (("q", q_loss), ("v", v_loss), ("distillation", actor_loss)):
-                if loss is not None and not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"EDP {name} loss is {float(loss)}; the update was not applied. Check "
-                        "rewards/observations for NaN or extreme values, or lower the "
-                        "learning rate."
-                    )
-            policy.critic_optimizer.zero_grad(set_to_none=True)
+                actor_loss, info = self.distillation_loss(data.observations[:distill_rows])
+            losses = {"q": q_loss, "v": v_loss, "distillation": actor_loss}
+            if not distributed.is_distributed():  # refused before any step
+                for name, loss in losses.items():
+                    if loss is not None and not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"EDP {name} loss is {float(loss)}; the update was not applied. "
+                            "Check rewards/observations for NaN or extreme values, or lower the "
+                            "learning rate."
+                        )
+            # The distillation targets were drawn (no gradient) before the critics step, so
+            # both gradients are taken first and averaged over the ranks in one all-reduce.
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             (q_loss + v_loss).backward()
+            if actor_loss is not None:
+                actor_loss.backward()
+            self._average_gradients(sync, losses)
             policy.critic_optimizer.step()
             if actor_loss is not None:
-                policy.optimizer.zero_grad(set_to_none=True)
-                actor_loss.backward()
                 clip = self.max_grad_norm if self.max_grad_norm is not None else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy._actor_parameters(), clip)
                 policy.optimizer.step()
@@ -467,6 +525,7 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
             stats["v_loss"].append(float(v_loss.detach()))
             stats["q"].append(float(q.detach().mean()))
             self._n_updates += 1
+        self._check_in_sync()
         self._record(stats)
 
     def _record(self, stats: dict[str, list[float]]) -> None:

@@ -45,7 +45,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import Tensor, nn
 
-from flowrl.algos.common import check_total_timesteps
+from flowrl.algos.common import check_total_timesteps, refuse_distributed
 from flowrl.flow.losses import flow_matching_loss
 from flowrl.flow.times import time_grid
 from flowrl.nets.mlp import MLP, VelocityMLP
@@ -430,6 +430,9 @@ class IntrinsicRewardMixin:
     per batch in all), then the batch's rewards become
     ``intrinsic_scale · novelty(s') / std`` with ``std`` the running standard deviation of all
     raw novelties seen so far.
+
+    These learners do not train data-parallel (their novelty model and running statistics are
+    fitted per process): under ``torchrun`` they refuse to be built (ValueError).
     """
 
     novelty_model: Novelty
@@ -449,6 +452,7 @@ class IntrinsicRewardMixin:
         _init_setup_model: bool = True,
         **kwargs: Any,
     ):
+        refuse_distributed(self)
         if not (isinstance(intrinsic_scale, (int, float)) and intrinsic_scale > 0):
             raise ValueError(f"intrinsic_scale must be > 0, got {intrinsic_scale!r}")
         if isinstance(novelty_updates, bool) or not (

@@ -24,6 +24,11 @@ saturated actions lower the entropy and raise α.
 
 Each gradient step checks its three losses and refuses to step on a non-finite one. The
 learner reads top to bottom: construction, warm-up actions, then ``train``.
+
+Under ``torchrun`` (:mod:`flowrl.distributed`) W ranks of E envs train what one process of W·E
+envs would (:class:`~flowrl.algos.common.OffPolicyFlowLearner`): each rank fills its own replay
+buffer, samples ``batch_size / W`` rows of each minibatch from it, and the gradients of actor,
+critics and temperature are averaged over the ranks before clipping and stepping.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch import Tensor
 from torch.nn import functional as F
 
+from flowrl import distributed
 from flowrl.algos.common import WARMUPS, OffPolicyFlowLearner
 from flowrl.policies.flow_sac import FlowSACPolicy
 
@@ -90,8 +96,20 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
         device: Torch device.
         _init_setup_model: Build the networks now (SB3's load passes False).
 
+    Under ``torchrun`` every rank builds the learner with the same arguments and its own E envs
+    (seeded ``seed + rank·E``) and calls ``learn``: the ranks start from rank 0's weights,
+    ``batch_size`` and ``buffer_size`` are global (each rank samples ``batch_size / W`` rows
+    from its own buffer of ``buffer_size / W`` transitions), ``num_timesteps`` (hence
+    ``learning_starts``, ``total_timesteps`` and ``gradient_steps=-1``) counts every rank's
+    env steps, ``train_freq`` must count steps, and each gradient step averages the actor's,
+    the critics' and log α's gradients over the ranks (before the actor's clip) in one
+    all-reduce that also refuses the step on every rank if a loss is not finite on any. The
+    copies stay bit-identical (checked after every ``train``); rank 0 alone runs callbacks,
+    logs and saves, and its checkpoint is a single-process one.
+
     Raises:
-        ValueError: Naming a bad argument.
+        ValueError: Naming a bad argument; under torchrun also a ``batch_size`` the world size
+            does not divide or a ``train_freq`` in episodes (on every rank).
     """
 
     policy_aliases = {"FlowSACPolicy": FlowSACPolicy}  # noqa: RUF012 (SB3's class attribute)
@@ -198,6 +216,7 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_policy()
         self._convert_train_freq()
+        self._check_world()
         self._make_replay_buffer()
         per_term = self.target_entropy_per_term
         if per_term == "auto":  # a Gaussian step whose std is the bounds' geometric mean
@@ -212,6 +231,14 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))
         else:
             self.ent_coef_tensor = torch.tensor(float(self.ent_coef), device=self.device)
+
+    def _distributed_settings(self) -> dict[str, Any]:
+        return {
+            **super()._distributed_settings(),
+            "critic_warmup_steps": self.critic_warmup_steps,
+            "target_update_interval": self.target_update_interval,
+            "learned_ent_coef": self.log_ent_coef is not None,
+        }
 
     def entropy_terms(self) -> int:
         """n, the Gaussian terms of a chain: (K + [c > 0])·Da."""
@@ -228,7 +255,10 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
         return self.log_ent_coef.detach().exp(), loss
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        """``gradient_steps`` SAC steps on minibatches from the replay buffer."""
+        """``gradient_steps`` SAC steps on minibatches from the replay buffer.
+
+        ``batch_size`` is the global minibatch: under torchrun this rank samples its share.
+        """
         policy = self.policy
         policy.set_training_mode(True)
         optimizers = [policy.optimizer, policy.critic_optimizer]
@@ -236,6 +266,10 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
             optimizers.append(self.ent_coef_optimizer)
         self._update_learning_rate(optimizers)
         actor_params = [p for g in policy.optimizer.param_groups for p in g["params"]]
+        sync = distributed.GradientSync(
+            p for opt in optimizers for g in opt.param_groups for p in g["params"]
+        )
+        batch_size = self._rank_share(batch_size)
         stats: dict[str, list[float]] = {
             k: [] for k in ("actor", "critic", "ent_coef", "ent_coef_loss", "log_prob", "bc")
         }
@@ -273,9 +307,9 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
                     else actor_loss.new_zeros(())
                 )
                 actor_loss = actor_loss + self.bc_coef * bc
-            _refuse_non_finite(
-                critic=critic_loss, actor=actor_loss, ent_coef=alpha_loss, learner=self
-            )
+            losses = {"critic": critic_loss, "actor": actor_loss, "ent_coef": alpha_loss}
+            if not distributed.is_distributed():  # refused before any backward
+                _refuse_non_finite(learner=self, **losses)
 
             # All three losses come from the same parameters (as in the original SAC code):
             # they are checked, differentiated, and only then applied.
@@ -287,6 +321,8 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
             critic_loss.backward()  # type: ignore[union-attr]
             if actor_loss is not None:
                 actor_loss.backward()
+            # Under torchrun: the ranks' mean gradients, and the NaN refusal of any rank.
+            self._average_gradients(sync, losses)
             clip = self.max_grad_norm if self.max_grad_norm is not None else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(actor_params, clip)
             for optimizer in optimizers:
@@ -306,6 +342,7 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
             stats["grad_norm"].append(float(grad_norm))
             stats["q"].append(float(current_q.detach().mean()))
         self._n_updates += gradient_steps
+        self._check_in_sync(self.log_ent_coef)
         self._record(stats)
 
     def _record(self, stats: dict[str, list[float]]) -> None:

@@ -16,6 +16,16 @@ the first minibatch's ratio is 1, the clipped surrogate, entropy control (Clip-C
 :mod:`flowrl.algos.entropy_control`), the W2 regularizer towards the pretrained flow, the KL
 stop, critic warm-up and ``critic_full_epochs``, the value loss, the NaN refusal and the
 TensorBoard record.
+
+Under ``torchrun`` (:mod:`flowrl.distributed`) every learner runs data-parallel with no change
+to its code: each rank collects its own rollout from its own envs, ``batch_size`` is the global
+minibatch (each rank takes ``batch_size / world_size`` rows of its rollout), ``num_timesteps``
+counts every rank's env steps, gradients are averaged over ranks before clipping, and every
+decision that steers the loop is taken collectively: the KL stop on the ranks' mean KL, the
+first-minibatch ratio check and the sampler check on their largest deviation, the NaN refusal
+if any rank's loss is not finite, a callback's stop request from any rank. Advantages are
+normalized with the statistics of the global minibatch, so an update of W ranks of E envs
+follows the gradient that one process of W·E envs would on the same rows.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance, ob
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
+from flowrl import distributed
 from flowrl.algos.buffers import FieldRolloutBuffer, FieldRolloutSamples
 from flowrl.algos.common import FlowLearner
 from flowrl.algos.entropy_control import ENTROPY_CONTROLS, covariance_terms, surrogate_loss
@@ -280,7 +291,8 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             n_epochs=n_epochs,
             gamma=gamma,
             gae_lambda=gae_lambda,
-            n_envs=self.n_envs if self.env is not None else None,
+            # Under torchrun the rollout is every rank's: W·n_envs envs (batch_size is global).
+            n_envs=self.n_envs * distributed.world_size() if self.env is not None else None,
         )
         for name, value in (
             ("learning_rate", learning_rate),
@@ -365,6 +377,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
     # ================================================================== setup
 
     def _setup_model(self) -> None:
+        self._check_world()
         self._setup_policy()
         if self.compile is not None:
             self.policy.set_compile(self.compile)
@@ -390,6 +403,39 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
 
     def _check_policy(self) -> None:
         """Learner-specific checks of the built policy against the learner's options."""
+
+    def _check_world(self) -> None:
+        """Refuse a world size that does not split the global minibatch into equal shares.
+
+        (A minibatch larger than the rollout of all ranks is refused with the other rollout
+        checks, where ``n_envs`` counts every rank's envs.)
+
+        Raises:
+            ValueError: On every rank (each checks the same numbers).
+        """
+        world = distributed.world_size()
+        if world == 1:
+            return
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size={self.batch_size} (the global minibatch) is not divisible by the "
+                f"world size {world}: every rank takes an equal share of each minibatch. Choose "
+                f"a batch_size that is a multiple of {world}."
+            )
+
+    @property
+    def _local_batch_size(self) -> int:
+        """This rank's rows of each minibatch (``batch_size`` in a single process)."""
+        return self.batch_size // distributed.world_size()
+
+    def _distributed_settings(self) -> dict[str, Any]:
+        return {
+            "n_envs": self.n_envs,
+            "n_steps": self.n_steps,
+            "batch_size": self.batch_size,
+            "n_epochs": self.n_epochs,
+            "critic_warmup_updates": self.critic_warmup_updates,
+        }
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "policy.critic_optimizer"], []
@@ -420,6 +466,8 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         callback.on_rollout_start()
         n_steps = 0
         torch_env = torch_face(env)
+        stopped = False
+        start = self.num_timesteps
         while n_steps < n_rollout_steps:
             with torch.inference_mode():
                 step = self._act(self._last_obs_tensor())
@@ -427,10 +475,13 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
                 new_obs, rewards, dones, infos = env.step(step.env_actions.cpu().numpy())
             else:
                 new_obs, rewards, dones, infos = self._torch_env_step(torch_env, step.env_actions)
-            self.num_timesteps += env.num_envs
+            self.num_timesteps += env.num_envs * distributed.world_size()
             callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                if not distributed.is_distributed():
+                    return False
+                stopped = True  # agreed with the other ranks at the end of their rollouts
+                break
             self._update_info_buffer(infos, dones)
             n_steps += 1
             # A time-limit truncation is not a terminal state: bootstrap with V(s_T).
@@ -457,6 +508,16 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
+        if distributed.is_distributed():
+            agreed = distributed.all_reduce(
+                [float(stopped), float((n_steps + stopped) * env.num_envs)],
+                "sum",
+                "agreeing whether a callback stopped training",
+            )
+            if agreed[0] > 0:  # every rank stops, counting the steps every rank took
+                self.num_timesteps = start + int(agreed[1])
+                return False
+            distributed.sync_vec_normalize(self.get_vec_normalize_env())
         with torch.inference_mode():
             values = self.policy.predict_values(self._last_obs_tensor())
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
@@ -506,14 +567,14 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         buffer = self.rollout_buffer
         buffer.flatten()
         sampled = buffer.log_probs.copy()
+        size = self._local_batch_size
         with torch.no_grad():
             for batch, start in zip(
-                buffer.get(self.batch_size, indices),
-                range(0, len(indices), self.batch_size),
-                strict=True,
+                buffer.get(size, indices), range(0, len(indices), size), strict=True
             ):
-                buffer.write_rows(indices[start : start + self.batch_size], self._score_old(batch))
+                buffer.write_rows(indices[start : start + size], self._score_old(batch))
         error = float(np.abs(buffer.log_probs - sampled).max())
+        error = float(distributed.all_reduce([error], "max", "the sampler check")[0])
         if not error <= self.sampler_check_tol:
             raise RuntimeError(
                 f"the sampler's log-probs and the re-scored ones differ by up to {error:.3g} "
@@ -528,6 +589,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
     def _check_first_ratio(self, ratio: Tensor) -> float:
         """Raise unless the first minibatch's ratio is 1: nothing has changed since the rollout."""
         deviation = float((ratio - 1).abs().max())
+        deviation = float(distributed.all_reduce([deviation], "max", "the ratio check")[0])
         if not deviation <= self.ratio_check_tol:
             raise RuntimeError(
                 f"PPO ratio on the first minibatch deviates from 1 by {deviation:.3g} "
@@ -557,8 +619,13 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         stats: dict[str, list[float]] = {k: [] for k in (*losses, *diagnostics)}
         first_deviation = first_ratio = float("nan")
         first_stats: dict[str, float] = {}
-        first_order = np.random.permutation(self.rollout_buffer.buffer_size * self.n_envs)
+        rows = self.rollout_buffer.buffer_size * self.n_envs
+        first_order = np.random.permutation(rows)
         sampler_error = self._refresh_old_log_probs(first_order)
+        batch_size = self._local_batch_size
+        sync = distributed.GradientSync(
+            [p for opt in self._optimizers() for g in opt.param_groups for p in g["params"]]
+        )
         # The actor steps unless the critic is warming up or target_kl has stopped it; the
         # critic steps on every minibatch of every epoch the loop runs.
         actor_on = self._updates_done >= self.critic_warmup_updates
@@ -567,14 +634,19 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         stop = False
         epoch = 0
         for epoch in range(self.n_epochs):  # noqa: B007 (logged after the loop)
-            order = first_order if epoch == 0 else None
-            for batch_index, batch in enumerate(self.rollout_buffer.get(self.batch_size, order)):
+            order = first_order if epoch == 0 else np.random.permutation(rows)
+            adv_stats = self._global_advantage_stats(order, batch_size)
+            for batch_index, batch in enumerate(self.rollout_buffer.get(batch_size, order)):
                 first = epoch == 0 and batch_index == 0
                 # The first minibatch is scored even when the actor is off: its ratio check
                 # (ratio = 1 before any step) guards every update.
+                approx_kl = 0.0
                 if actor_on or first:
                     actor_loss, values, approx_kl, ratio = self._actor_loss(
-                        batch, clip_range, stats
+                        batch,
+                        clip_range,
+                        stats,
+                        None if adv_stats is None else adv_stats[batch_index],
                     )
                     if first:
                         first_deviation = self._check_first_ratio(ratio)
@@ -590,27 +662,39 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
                     )
                 value_loss = torch.nn.functional.mse_loss(batch.returns, values)
                 stats["value"].append(value_loss.item())
+                loss = self.vf_coef * value_loss
+                if actor_on:
+                    loss = loss + actor_loss
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                self.policy.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # One all-reduce averages the gradients over ranks and carries what the
+                # decisions below need, so that every rank takes the same ones.
+                value_bad, actor_bad, kl_sum = sync(
+                    [
+                        float(not torch.isfinite(value_loss)),
+                        float(actor_on and not torch.isfinite(actor_loss)),
+                        approx_kl,
+                    ],
+                    what="averaging the update's gradients",
+                ).tolist()
+                approx_kl = kl_sum / distributed.world_size()
                 if actor_on and kl_limit is not None and approx_kl > kl_limit:
-                    actor_on = False
+                    actor_on = False  # the actor's gradients of this minibatch are dropped
                     if self.verbose >= 1:
                         print(f"Early stopping at epoch {epoch} (approx. KL {approx_kl:.4f})")
                     if not self.critic_full_epochs:
                         stop = True
                         break
-                loss = self.vf_coef * value_loss
-                if actor_on:
-                    loss = loss + actor_loss
-                if not torch.isfinite(loss):
+                if value_bad or (actor_on and actor_bad):
+                    where = " on some rank" if distributed.is_distributed() else ""
                     raise FloatingPointError(
-                        f"{type(self).__name__} loss is {loss.item()} (value {value_loss.item()}, "
-                        f"policy terms {actor_loss.item() if actor_on else 'off'}); the update "
-                        "was not applied. Check rewards/observations for NaN or extreme values, "
-                        "lower the learning rate, or set log_ratio_clip."
+                        f"{type(self).__name__} loss is not finite{where} (here: value "
+                        f"{value_loss.item()}, policy terms "
+                        f"{actor_loss.item() if actor_on else 'off'}); the update was not "
+                        "applied. Check rewards/observations for NaN or extreme values, lower "
+                        "the learning rate, or set log_ratio_clip."
                     )
-
-                self.policy.optimizer.zero_grad(set_to_none=True)
-                self.policy.critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 if actor_on:
                     torch.nn.utils.clip_grad_norm_(
                         [p for g in self.policy.optimizer.param_groups for p in g["params"]],
@@ -624,8 +708,40 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             if stop:
                 break
         self._n_updates += epoch + 1
+        distributed.check_in_sync(self.policy, "the policy's weights after the update")
         self._record(stats, clip_range, first_ratio, first_deviation, first_stats)
         self.logger.record("flow/sampler_log_prob_max_error", sampler_error)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """The update's optimizers (their parameters' gradients are averaged over ranks)."""
+        return [self.policy.optimizer, self.policy.critic_optimizer]
+
+    def _global_advantage_stats(
+        self, order: np.ndarray, batch_size: int
+    ) -> list[tuple[float, float]] | None:
+        """(mean, std) of the advantages of each global minibatch of an epoch (None: 1 rank).
+
+        Minibatch i of the epoch is the union of every rank's i-th share; one all-reduce of
+        (count, Σa, Σa²) per minibatch gives its statistics, so advantages are normalized as
+        one process holding all ranks' rows would normalize them (std with Bessel's
+        correction, as ``Tensor.std``).
+        """
+        if not (distributed.is_distributed() and self.normalize_advantage):
+            return None
+        adv = self.rollout_buffer.advantages.reshape(-1)[order].astype(np.float64)
+        sums = [
+            (len(chunk), chunk.sum(), np.square(chunk).sum())
+            for chunk in (adv[i : i + batch_size] for i in range(0, len(adv), batch_size))
+        ]
+        total = distributed.all_reduce(
+            np.asarray(sums).ravel(), "sum", "normalizing the advantages"
+        ).reshape(-1, 3)
+        out = []
+        for n, s, q in total.tolist():
+            mean = s / n
+            var = max(q - n * mean * mean, 0.0) / max(n - 1, 1)
+            out.append((mean, var**0.5))
+        return out
 
     def _clip_log_ratio(self, log_ratio: Tensor) -> Tensor:
         """The log-ratio clamped to [−c, c], c = ``log_ratio_clip`` (unchanged if None)."""
@@ -634,11 +750,17 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         return log_ratio.clamp(-self.log_ratio_clip, self.log_ratio_clip)
 
     def _actor_loss(
-        self, batch: FieldRolloutSamples, clip_range: float, stats: dict[str, list[float]]
+        self,
+        batch: FieldRolloutSamples,
+        clip_range: float,
+        stats: dict[str, list[float]],
+        advantage_stats: tuple[float, float] | None = None,
     ) -> tuple[Tensor, Tensor, float, Tensor]:
         """The actor's side of one minibatch: surrogate, entropy and the learner's terms.
 
-        Appends this minibatch's policy statistics to ``stats``.
+        Appends this minibatch's policy statistics to ``stats``. ``advantage_stats``: the
+        (mean, std) to normalize the advantages with (the global minibatch's under
+        torchrun); None: this minibatch's own.
 
         Returns:
             ``(actor_loss (), values (M,), approx_kl, ratio (M,) detached)``.
@@ -647,7 +769,10 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         log_ratio = self._clip_log_ratio(terms.log_ratio)
         ratio = torch.exp(log_ratio)
         advantages = batch.advantages
-        if self.normalize_advantage and len(advantages) > 1:
+        if advantage_stats is not None:
+            mean, std = advantage_stats
+            advantages = (advantages - mean) / (std + 1e-8)
+        elif self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         cov = covariance_terms(terms.log_prob, advantages)
         pg_loss, selected = self._surrogate(

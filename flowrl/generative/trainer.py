@@ -11,6 +11,23 @@ is not one of ours is refused with a ValueError naming it, and nothing in it run
 * :class:`TeacherTrainer`: conditional flow matching with classifier-free-guidance dropout.
 * :class:`DistillTrainer`: sCD (``dmd_weight = 0``) or rCM (``dmd_weight > 0``, with a
   fake-score network trained on student samples), from a teacher's EMA weights.
+
+Data-parallel under ``torchrun`` (nothing changes in the API): every rank builds the same
+trainer (same config, same data, the same ``out_dir``) and calls :meth:`GeneratorTrainer.fit`.
+
+* Every trained network (and a student's frozen teacher) starts from rank 0's weights; the
+  EMA is a copy of them.
+* ``TrainerConfig.batch_size`` is the *global* batch: each of the W ranks draws
+  ``batch_size / W`` samples per step (W must divide it), with replacement, with its own
+  generator (rank 0 seeded with ``seed``, rank r from a hash of (seed, r)), which also draws
+  its times, noise and label dropout. Independent draws with replacement are what one
+  process drawing the whole batch does, so the data need no sharding.
+* Gradients (the student's, and rCM's fake-score network's) are averaged over ranks before
+  clipping and the step, in one all-reduce per optimizer that also agrees on the refusal of
+  a non-finite loss and on a Ctrl-C, and averages the logged losses; the copies and their
+  EMAs stay bit-identical (checked at every checkpoint and at the end).
+* Rank 0 alone writes checkpoints, sample grids, TensorBoard events and the progress bar;
+  the checkpoint format is a single process's, so each kind of run resumes the other's.
 """
 
 from __future__ import annotations
@@ -30,7 +47,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowrl import distributed
 from flowrl.checkpoints import DeferredInterrupt, atomic_save, load_checkpoint_file
+from flowrl.data_parallel import (
+    rank_stream_seed,
+    stop_at_end,
+    stop_between_steps,
+    synced_guarded_step,
+)
 from flowrl.flow.times import make_time_sampler
 from flowrl.generative.consistency import (
     AdaptiveWeight,
@@ -46,7 +70,6 @@ from flowrl.generative.consistency import (
 )
 from flowrl.generative.visualize import save_samples, tensorboard_samples
 from flowrl.nets import EMA
-from flowrl.optim import guarded_step
 
 __all__ = [
     "DistillConfig",
@@ -64,7 +87,8 @@ class TrainerConfig:
 
     Attributes:
         steps: Total gradient steps.
-        batch_size: Samples per step.
+        batch_size: Samples per step. Under ``torchrun`` the global batch: each of the W
+            ranks draws ``batch_size // W`` (W must divide it).
         lr: Peak learning rate (AdamW).
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -74,7 +98,9 @@ class TrainerConfig:
         ema_decay: Decay of the EMA of the trained model (what is sampled and saved).
         seed: Seed of the trainer's generator (batches, noise, times, label dropout); what
             ``train_step`` draws from torch's global RNG (e.g. ``nn.Dropout``) comes from a
-            stream of the trainer's own, seeded from it too. Both are checkpointed.
+            stream of the trainer's own, seeded from it too. Both are checkpointed. Under
+            ``torchrun`` these are rank 0's streams; the other ranks' are seeded from
+            (seed, rank) (:func:`~flowrl.data_parallel.rank_stream_seed`) and not saved.
         log_interval: Steps between TensorBoard scalar writes.
         sample_interval: Steps between sample grids (0: only at the end).
         checkpoint_interval: Steps between checkpoints (0: only at the end).
@@ -227,13 +253,21 @@ class GeneratorTrainer:
     """Training loop, RNG, EMA, logging, grids and checkpoints shared by the trainers.
 
     Subclasses set ``self.model`` (trained), list extra state in :meth:`_extra_state`,
-    and implement :meth:`train_step` and :meth:`sample`.
+    and implement :meth:`train_step` and :meth:`sample`. Under ``torchrun`` they pass every
+    network to :meth:`_share_weights` before making the EMA, draw their batch with
+    :meth:`batch` (this rank's share) and step through :meth:`_apply` (which averages the
+    gradients over ranks).
 
     Args:
         data: Training samples, shape (N, ...).
         labels: Class labels (N,) int64, or None for unconditional training.
         config: Trainer configuration.
         out_dir: Folder for checkpoints, grids and TensorBoard logs (None: nothing written).
+            Under ``torchrun`` the same on every rank; rank 0 alone writes into it.
+
+    Raises:
+        ValueError: For bad data or labels, or (on every rank) if the world size does not
+            divide ``config.batch_size``.
     """
 
     name = "generator"
@@ -249,17 +283,25 @@ class GeneratorTrainer:
             raise ValueError(f"labels must have shape ({len(data)},), got {tuple(labels.shape)}")
         if not torch.isfinite(data).all():
             raise ValueError("the training data contain NaN or inf")
+        world = distributed.world_size()
+        if config.batch_size % world:
+            raise ValueError(
+                f"batch_size = {config.batch_size} is the global batch of all ranks and must "
+                f"be a multiple of the world size {world} (each rank draws batch_size / "
+                f"{world} samples): choose a batch size divisible by {world}"
+            )
+        #: Samples this rank draws per step (``config.batch_size`` in a single process).
+        self.local_batch_size = config.batch_size // world
+        distributed.check_same(f"the {type(self).__name__} config", asdict(config))
         self.data, self.labels, self.config = data, labels, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.generator = torch.Generator().manual_seed(config.seed)
-        # The global RNG state train_step runs with (see _global_stream), kept per trainer so
-        # that what the rest of the program draws cannot change training, and checkpointed.
-        self.global_rng_state = (
-            torch.Generator().manual_seed(config.seed + _GLOBAL_STREAM_OFFSET).get_state()
-        )
+        self.generator = torch.Generator()
+        self._seed_streams(step=0)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.resumed_from: int | None = None  # the step fit() last resumed from, if any
+        self._interrupts: DeferredInterrupt | None = None  # fit's, while it runs
+        self._stop_agreed = False  # a rank asked to stop at the last step (torchrun)
 
     # ------------------------------------------------------------------ to implement
 
@@ -284,6 +326,47 @@ class GeneratorTrainer:
 
     # ------------------------------------------------------------------ helpers
 
+    def _seed_streams(self, step: int) -> None:
+        """Seed this rank's generator and global-RNG stream (rank 0: ``config.seed``'s).
+
+        The global RNG state train_step runs with (see :meth:`_global_stream`) is kept per
+        trainer so that what the rest of the program draws cannot change training, and is
+        checkpointed.
+        """
+        seed = self.config.seed
+        self.generator.manual_seed(rank_stream_seed(seed, step))
+        self.global_rng_state = (
+            torch.Generator()
+            .manual_seed(rank_stream_seed(seed + _GLOBAL_STREAM_OFFSET, step))
+            .get_state()
+        )
+
+    def _share_weights(self, *modules: nn.Module | None) -> None:
+        """Under ``torchrun``: give every rank rank 0's weights of ``modules`` (None skipped)."""
+        for module in modules:
+            if module is not None:
+                distributed.broadcast_module(module, what=f"the initial {self.name} weights")
+
+    def check_in_sync(self) -> None:
+        """Under ``torchrun``: raise on every rank unless the trained networks are identical.
+
+        Compares the model, its EMA and every other trained network of the trainer (one
+        small all-reduce each); a no-op in a single process.
+
+        Raises:
+            DistributedError: If some rank's copy diverged.
+        """
+        distributed.check_in_sync(self.model, f"the {self.name} models")
+        distributed.check_in_sync(self.ema.shadow, f"the {self.name} EMAs")
+        for name, value in vars(self).items():
+            if (
+                isinstance(value, nn.Module)
+                and value is not self.model
+                and value is not self.ema
+                and any(True for _ in value.parameters())
+            ):
+                distributed.check_in_sync(value, f"the {self.name} trainers' {name}")
+
     def _setup_optimizer(self, params: list[nn.Parameter]) -> None:
         cfg = self.config
         self.optimizer = torch.optim.AdamW(
@@ -292,8 +375,11 @@ class GeneratorTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
 
     def batch(self) -> tuple[Tensor, Tensor | None]:
-        """A random training batch (x (B, ...), y (B,) or None) from the trainer's RNG."""
-        idx = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
+        """A random training batch (x (B, ...), y (B,) or None) from the trainer's RNG.
+
+        B is ``local_batch_size``: this rank's share of the global batch under ``torchrun``.
+        """
+        idx = torch.randint(len(self.data), (self.local_batch_size,), generator=self.generator)
         return self.data[idx], None if self.labels is None else self.labels[idx]
 
     def randn_like(self, x: Tensor) -> Tensor:
@@ -322,9 +408,17 @@ class GeneratorTrainer:
         """Every optimizer of the trainer (``optimizer``, and e.g. rCM's ``fake_optimizer``)."""
         return [value for value in vars(self).values() if isinstance(value, torch.optim.Optimizer)]
 
-    def _apply(self, loss: Tensor, params: list[nn.Parameter]) -> float:
-        """Backward, clip, step, schedule, EMA; refuses non-finite losses."""
-        grad_norm = guarded_step(
+    def _apply(
+        self, loss: Tensor, params: list[nn.Parameter], scalars: dict[str, float] | None = None
+    ) -> float:
+        """Backward, clip, step, schedule, EMA; refuses non-finite losses.
+
+        Under ``torchrun`` the gradients are averaged over ranks before clipping (a
+        non-finite loss on any rank is refused on every rank) and ``scalars`` (the step's
+        logged numbers) are replaced by their means over ranks, in the same all-reduce.
+        """
+        names = list(scalars or {})
+        grad_norm, means, stop = synced_guarded_step(
             loss,
             self.optimizer,
             params,
@@ -332,7 +426,12 @@ class GeneratorTrainer:
             what=self.name,
             step=self.step,
             hint="Lower the learning rate or check the data.",
+            scalars=[scalars[k] for k in names] if scalars else (),
+            stop=self._interrupts is not None and self._interrupts.requested,
         )
+        if scalars:
+            scalars.update(zip(names, means, strict=True))
+        self._stop_agreed = stop
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
@@ -360,20 +459,31 @@ class GeneratorTrainer:
         continues bit for bit. A KeyboardInterrupt raised some other way inside a step is
         checkpointed too when no optimizer had stepped yet (the step is undone); otherwise
         the last checkpoint stands.
+
+        Under ``torchrun`` every rank calls it with the same ``steps`` and ``resume``: rank 0
+        decides whether to resume (from its ``out_dir``) and sends the checkpoint to the
+        others, alone writes grids, events and checkpoints, and alone shows the bar. A
+        signal that reaches any rank stops every rank after the same step; rank 0 writes the
+        checkpoint, the others wait for it, and every rank raises KeyboardInterrupt.
         """
         total = self.config.steps if steps is None else steps
+        main = distributed.is_main()
+        distributed.check_same(f"{self.name} fit's steps and resume", (total, resume))
         ckpt = self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
-        if ckpt is not None:
+        if ckpt is not None and main:
             # A torn write of a killed run: never read, and replaced by the next save anyway.
             ckpt.with_name(ckpt.name + ".tmp").unlink(missing_ok=True)
         self.resumed_from = None
-        if resume and ckpt is not None and ckpt.exists():
-            self.load_checkpoint(ckpt)
+        found = resume and distributed.on_main(
+            lambda: ckpt is not None and ckpt.exists(), f"looking for the {self.name} checkpoint"
+        )
+        if found:
+            self.load_checkpoint(ckpt)  # type: ignore[arg-type]
             self.resumed_from = self.step
         if self.step >= total:
             return self  # already trained that far: nothing to do
         writer = None
-        if tensorboard and self.out_dir is not None:
+        if tensorboard and self.out_dir is not None and main:
             from torch.utils.tensorboard import SummaryWriter
 
             # Same folder, so the same TensorBoard run. purge_step: TensorBoard drops the
@@ -381,7 +491,9 @@ class GeneratorTrainer:
             # checkpoint), so the resumed curves have no duplicate or orphaned points.
             writer = SummaryWriter(os.fspath(self.out_dir / "tb"), purge_step=self.step + 1)
         cfg = self.config
-        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=self.name)
+        bar = tqdm(
+            total=total, initial=self.step, disable=not (progress_bar and main), desc=self.name
+        )
         stepped = False  # whether an optimizer has stepped in the current step
 
         def mark_stepped(*_: Any) -> None:
@@ -390,8 +502,10 @@ class GeneratorTrainer:
 
         hooks = [opt.register_step_pre_hook(mark_stepped) for opt in self._optimizers()]
         in_step, rng_before, global_before = False, self.generator.get_state(), None
+        interrupts = DeferredInterrupt(self.name if main else None)
+        self._interrupts, self._stop_agreed = interrupts, False
         try:
-            with DeferredInterrupt(self.name) as interrupts:
+            with interrupts:
                 while self.step < total:
                     stepped, in_step = False, True
                     rng_before, global_before = self.generator.get_state(), self.global_rng_state
@@ -407,25 +521,27 @@ class GeneratorTrainer:
                                 writer.add_scalar(f"train/{key}", value, self.step)
                     if cfg.sample_interval and self.step % cfg.sample_interval == 0:
                         self._write_samples(writer)
-                    if (
-                        ckpt is not None
-                        and cfg.checkpoint_interval
-                        and self.step % cfg.checkpoint_interval == 0
-                    ):
-                        self.save_checkpoint(ckpt)
-                    interrupts.raise_if_requested()
+                    if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                        self.check_in_sync()
+                        if ckpt is not None:
+                            self.save_checkpoint(ckpt)
+                    stop_between_steps(interrupts, self._stop_agreed)
                 if self.out_dir is not None and self.step > 0:
                     self._write_samples(writer)
                     self.save_checkpoint(ckpt)  # type: ignore[arg-type]
-                interrupts.raise_if_requested()  # finished, but the caller must stop too
+                self.check_in_sync()  # also: no rank goes on before rank 0's checkpoint
+                stop_at_end(interrupts)  # finished, but the caller must stop too
         except KeyboardInterrupt:
             self._checkpoint_on_interrupt(
                 ckpt,
                 torn=in_step and stepped,
                 undo=(rng_before, global_before) if in_step else None,
             )
+            if interrupts.clean:  # every rank is here, after the same step: wait for the file
+                distributed.barrier(f"waiting for rank 0 to write the {self.name} checkpoint")
             raise
         finally:
+            self._interrupts = None
             for hook in hooks:
                 hook.remove()
             bar.close()
@@ -444,7 +560,10 @@ class GeneratorTrainer:
                 between two steps and cannot be checkpointed.
             undo: RNG states from before the interrupted step (None: between steps).
         """
+        main = distributed.is_main()  # rank 0 writes (and says) what is to be written
         if torn:
+            if not main:
+                return
             where = f"; the last checkpoint, {os.fspath(ckpt)!r}, stands" if ckpt else ""
             tqdm.write(
                 f"{self.name}: interrupted inside step {self.step + 1} after an update; "
@@ -456,7 +575,7 @@ class GeneratorTrainer:
             self.generator.set_state(undo[0])
             if undo[1] is not None:
                 self.global_rng_state = undo[1]
-        if ckpt is None or self.step == 0:
+        if ckpt is None or self.step == 0 or not main:
             return
         self.save_checkpoint(ckpt)
         tqdm.write(
@@ -466,7 +585,7 @@ class GeneratorTrainer:
         )
 
     def _write_samples(self, writer: Any) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not distributed.is_main():
             return
         n = self.config.num_samples
         # A separate RNG: drawing grids must not change any training stream.
@@ -502,14 +621,23 @@ class GeneratorTrainer:
         """Atomic write of :meth:`state_dict` (a crash never leaves a torn checkpoint).
 
         The state goes to ``<path>.tmp``, is flushed to disk, then renamed over ``path``
-        (:func:`flowrl.checkpoints.atomic_save`).
+        (:func:`flowrl.checkpoints.atomic_save`). Under ``torchrun`` rank 0 writes it (its
+        RNG states are the ones saved) and the other ranks write nothing.
         """
-        atomic_save(self.state_dict(), path)
+        if distributed.is_main():
+            atomic_save(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint of the same trainer class, architecture and config.
 
         Only tensors and plain data are unpickled (``weights_only=True``).
+
+        Under ``torchrun`` every rank calls it: rank 0 reads the file and sends its contents
+        to the others (who need no access to it), and every rank raises its errors. Rank 0
+        continues the saved RNG streams (a single process resumes bit for bit); the other
+        ranks' are not saved and restart from seeds hashed from (seed, rank, saved step), so
+        a resumed multi-rank run differs from the uninterrupted one only in what ranks > 0
+        draw. A single process's checkpoint resumes on any number of ranks and vice versa.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
@@ -517,7 +645,10 @@ class GeneratorTrainer:
                 holding other Python objects, missing entries), is another trainer's, or
                 does not fit this trainer's networks; the message names the file.
         """
-        state = load_checkpoint_file(path, "flowrl generator checkpoint")
+        state = distributed.on_main(
+            lambda: load_checkpoint_file(path, "flowrl generator checkpoint"),
+            f"sending the {self.name} checkpoint",
+        )
         kind = state.get("kind")
         if not isinstance(kind, str):
             raise _not_a_checkpoint(path, "it has no 'kind' entry naming the trainer")
@@ -584,6 +715,8 @@ class GeneratorTrainer:
             self.global_rng_state = global_rng
         self.step = state["step"]
         self.history = list(history)
+        if distributed.rank() > 0:  # this rank's streams were not saved: new ones from here
+            self._seed_streams(self.step)
 
 
 class TeacherTrainer(GeneratorTrainer):
@@ -610,6 +743,7 @@ class TeacherTrainer(GeneratorTrainer):
         super().__init__(data, labels, config or TeacherConfig(), out_dir)
         cfg: TeacherConfig = self.config  # type: ignore[assignment]
         self.model = net
+        self._share_weights(net)
         self.ema = EMA(net, cfg.ema_decay)
         self.time_sampler = make_time_sampler(cfg.time_sampler, **cfg.time_sampler_kwargs)
         self._setup_optimizer(list(net.parameters()))
@@ -626,12 +760,10 @@ class TeacherTrainer(GeneratorTrainer):
         t = self.time_sampler(len(x1), generator=self.generator)
         self.model.train()
         loss = teacher_loss(self.model, x1, y, t, self.randn_like(x1), cfg.p_uncond, self.generator)
-        grad_norm = self._apply(loss, list(self.model.parameters()))
-        return {
-            "loss": float(loss.detach()),
-            "grad_norm": grad_norm,
-            "lr": self.scheduler.get_last_lr()[0],
-        }
+        out = {"loss": float(loss.detach())}
+        out["grad_norm"] = self._apply(loss, list(self.model.parameters()), out)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
 
     def sample(
         self,
@@ -690,6 +822,7 @@ class DistillTrainer(GeneratorTrainer):
         with torch.random.fork_rng():  # the weighting net's init follows config.seed
             torch.manual_seed(cfg.seed)
             self.weight = AdaptiveWeight() if cfg.adaptive_weight else None
+        self._share_weights(self.teacher_net, self.model, self.weight)
         self.ema = EMA(self.model, cfg.ema_decay)
         params = list(self.model.parameters())
         if self.weight is not None:
@@ -702,6 +835,8 @@ class DistillTrainer(GeneratorTrainer):
             self.fake_optimizer = torch.optim.AdamW(
                 self.fake.parameters(), lr=cfg.fake_lr, betas=cfg.betas
             )
+            self._share_weights(self.fake)
+            self._fake_sync = distributed.GradientSync(self.fake.parameters())
 
     @property
     def student(self) -> TrigFlowWrapper:
@@ -711,7 +846,7 @@ class DistillTrainer(GeneratorTrainer):
     def _dmd_samples(self, y: Tensor | None, grad: bool) -> Tensor:
         cfg: DistillConfig = self.config  # type: ignore[assignment]
         pick = int(torch.randint(len(cfg.dmd_steps), (), generator=self.generator))
-        noise = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=self.generator)
+        noise = torch.randn((self.local_batch_size, *self.data.shape[1:]), generator=self.generator)
         with torch.set_grad_enabled(grad):
             return consistency_sample(
                 self.model, noise, y, cfg.dmd_steps[pick], self.generator, grad_last_only=True
@@ -733,6 +868,7 @@ class DistillTrainer(GeneratorTrainer):
                 fake_loss = fake_score_loss(self.fake, samples, y, t, self.randn_like(samples))
                 self.fake_optimizer.zero_grad(set_to_none=True)
                 fake_loss.backward()
+                self._fake_sync(what="averaging the fake-score gradients")  # torchrun only
                 torch.nn.utils.clip_grad_norm_(
                     self.fake.parameters(), cfg.grad_clip or float("inf")
                 )
@@ -760,15 +896,11 @@ class DistillTrainer(GeneratorTrainer):
             )
             loss = loss + cfg.dmd_weight * dmd
             out["dmd_loss"] = float(dmd.detach())
-        grad_norm = self._apply(loss, self._params)
         out.update(
-            loss=float(loss.detach()),
-            mse=float(stats["mse"]),
-            g_norm=float(stats["g_norm"]),
-            warmup=r,
-            grad_norm=grad_norm,
-            lr=self.scheduler.get_last_lr()[0],
+            loss=float(loss.detach()), mse=float(stats["mse"]), g_norm=float(stats["g_norm"])
         )
+        grad_norm = self._apply(loss, self._params, out)  # out: averaged over ranks
+        out.update(warmup=r, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
         return out
 
     def sample(self, n: int, num_steps: int | None = None, y: Tensor | None = None) -> Tensor:

@@ -1,0 +1,246 @@
+"""Data-parallel scaling: ReinFlow's env steps per second on 1 and 2 torchrun ranks.
+
+The run is the ``recipe`` setting of ``throughput.py`` (Hopper-v5, width 128, batch 512,
+5 epochs, 4 envs × 512 steps per rollout; no KL stop, so every update runs every epoch), at
+W ranks in two ways (``--modes``):
+
+* ``weak``: every rank runs the recipe's 4 envs and 512 rows of each minibatch (the global
+  batch is 512·W, the rollout 4·W envs × 512 steps): adding a rank adds its envs, as
+  rsl_rl-style GPU training scales. Ideal: W times the env steps per second.
+* ``strong``: the recipe's run split as ``experiments/train.py`` splits it under torchrun:
+  W ranks step 4/W envs each and take 512/W rows of every minibatch, so the algorithm is the
+  one-process recipe's at every W. Ideal: W times too, if a rank's time shrinks with its
+  share of the envs and rows.
+
+Each measurement is its own ``torchrun --standalone --nproc_per_node=W`` job (one torch thread
+per rank, gloo): an untimed warm-up ``learn`` of one rollout and update, then a timed
+``learn`` of ``--rollouts`` rollouts and updates. Every rank times its rollouts, updates and
+the time it spends inside collectives (``torch.distributed`` calls: the gradient all-reduce,
+the advantage statistics, the agreement after each rollout, the weight check after each
+update); rank 0 gathers them. Jobs alternate 1, 2, 2, 1, … ranks over ``--repeats``.
+
+Run from the repository root on an otherwise idle machine::
+
+    .venv/bin/python experiments/benchmarks/distributed.py            # ~6 minutes
+    .venv/bin/python experiments/benchmarks/distributed.py --quick    # smoke run
+
+Writes ``experiments/benchmarks/results/distributed.json`` (``--out``) and the markdown table
+next to it (``.md``), also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from common import code_version, machine_info, write_results
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "distributed.json"
+COLLECTIVES = ("all_reduce", "broadcast", "all_gather_object", "broadcast_object_list")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worlds", default="1,2", help="rank counts to measure")
+    parser.add_argument("--modes", default="weak,strong", help="weak and/or strong scaling")
+    parser.add_argument("--mode", default="weak", help=argparse.SUPPRESS)  # a worker's
+    parser.add_argument("--repeats", type=int, default=3, help="jobs per rank count")
+    parser.add_argument("--rollouts", type=int, default=4, help="timed rollouts+updates per job")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny Pendulum smoke run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _timed_collectives(totals: dict[str, float]) -> None:
+    """Wrap torch.distributed's collectives so that their wall time adds to ``totals``."""
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+
+        def wrapper(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                totals["comm_s"] += time.perf_counter() - start
+
+        setattr(dist, name, wrapper)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank of a torchrun job: build, warm up, time, and (rank 0) write the job's JSON."""
+    import flowrl.distributed as fd
+
+    fd.init(backend="gloo", threads=1)
+    sys.argv = [sys.argv[0]]
+    import throughput
+
+    totals = {"comm_s": 0.0}
+    _timed_collectives(totals)
+    setting = throughput.argparse.Namespace(
+        quick=args.quick, total_timesteps=None, seed=args.seed, device="cpu"
+    )
+    values = throughput.setting_values("recipe", setting)
+    world = fd.world_size()
+    if args.mode == "weak":  # each rank: the recipe's envs and minibatch rows
+        local = dict(values, batch_size=values["batch_size"] * world)
+    else:  # the recipe's run split among the ranks
+        if values["n_envs"] % world or values["batch_size"] % world:
+            raise ValueError(f"{world} ranks do not split n_envs={values['n_envs']} evenly")
+        local = dict(values, n_envs=values["n_envs"] // world)
+    model = throughput.build("reinflow", local, setting)
+    rollout = local["n_envs"] * world * values["n_steps"]
+    model.learn(rollout, progress_bar=False)  # warm-up: the first rollout and update
+    model.reset_timings()
+    model.env.step_seconds = 0.0
+    totals["comm_s"] = 0.0
+    fd.barrier("the start of the timed run")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    model.learn(args.rollouts * rollout, reset_num_timesteps=True, progress_bar=False)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    mine = {
+        "rank": fd.rank(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rollout_s": model.timings["rollout_s"],
+        "env_step_s": model.env.step_seconds,
+        "train_s": model.timings["train_s"],
+        "comm_s": totals["comm_s"],
+        "steps": int(model.num_timesteps),
+    }
+    ranks = [mine]
+    if world > 1:
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
+    if fd.is_main():
+        job = {
+            "world": world,
+            "mode": args.mode,
+            "fps": mine["steps"] / max(r["wall_s"] for r in ranks),
+        }
+        job["ranks"] = ranks
+        args.worker.write_text(json.dumps(job))
+    fd.shutdown()
+
+
+def run_job(world: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One torchrun job of ``world`` ranks in ``mode``; its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "job.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(out),
+            "--rollouts",
+            str(args.rollouts),
+            "--seed",
+            str(args.seed),
+            "--mode",
+            mode,
+            *(["--quick"] if args.quick else []),
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+def summarize(jobs: list[dict[str, Any]], worlds: list[int]) -> dict[str, Any]:
+    """Median steps/s per rank count, speed-up and efficiency against 1 rank, time shares.
+
+    ``jobs``: one mode's. The times are per rank (the mean over ranks), medians over jobs.
+    """
+    out: dict[str, Any] = {}
+    for world in worlds:
+        mine = [j for j in jobs if j["world"] == world]
+        fps = [j["fps"] for j in mine]
+        keys = ("wall_s", "rollout_s", "env_step_s", "train_s", "comm_s")
+        # Per rank, the median over jobs of each time (rank 0 and the slowest rank).
+        shares = {
+            key: statistics.median(statistics.mean(r[key] for r in j["ranks"]) for j in mine)
+            for key in keys
+        }
+        out[str(world)] = {"fps_median": statistics.median(fps), "fps": fps, **shares}
+    base = out[str(worlds[0])]["fps_median"] if worlds[0] == 1 else None
+    for world in worlds:
+        row = out[str(world)]
+        if base:
+            row["speedup"] = row["fps_median"] / base
+            row["efficiency"] = row["speedup"] / world
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| scaling | ranks | env steps/s (median) | speed-up | efficiency | per rank: wall s "
+        "| rollout s | env step s | update s | in collectives s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, summary in result["summary"].items():
+        for world, row in summary.items():
+            lines.append(
+                f"| {mode} | {world} | {row['fps_median']:.0f} | "
+                f"{row.get('speedup', float('nan')):.2f}× | "
+                f"{row.get('efficiency', float('nan')):.0%} | {row['wall_s']:.1f} | "
+                f"{row['rollout_s']:.1f} | {row['env_step_s']:.1f} | {row['train_s']:.1f} | "
+                f"{row['comm_s']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker(args)
+        return None
+    worlds = [int(w) for w in args.worlds.split(",")]
+    modes = args.modes.split(",")
+    pairs = [(w, m) for m in modes for w in worlds]
+    order = [p for r in range(args.repeats) for p in (pairs if r % 2 == 0 else pairs[::-1])]
+    jobs = []
+    for world, mode in order:
+        job = run_job(world, mode, args)
+        print(f"  {mode}, {world} rank(s): {job['fps']:.0f} env steps/s", flush=True)
+        jobs.append(job)
+    sys.path.insert(0, str(HERE))
+    import throughput
+
+    setting = dict(throughput.QUICK if args.quick else throughput.SETTINGS["recipe"])
+    result = {
+        "benchmark": "distributed",
+        "setting": setting,
+        "rollouts_timed": args.rollouts,
+        "threads_per_rank": 1,
+        "backend": "gloo",
+        "summary": {m: summarize([j for j in jobs if j["mode"] == m], worlds) for m in modes},
+        "jobs": jobs,
+        "machine": machine_info(("stable-baselines3", "gymnasium", "mujoco")),
+        "code": code_version(),
+        "torch_threads_parent": torch.get_num_threads(),
+    }
+    table = markdown(result)
+    write_results(result, table, args.out)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,8 @@
 
     python experiments/summarize.py outputs/table/*/seed* --out docs/hopper_results
 
-Runs are grouped by (algorithm, env, pretrained or not); each group gives the number of seeds,
+Runs are grouped by (algorithm, env, pretrained or not, number of torchrun ranks if more than
+one); each group gives the number of seeds,
 the env steps of training, the return at the start (the first evaluation: a BC policy before
 fine-tuning, or a fresh policy) and at the end, as mean ± std over seeds of each seed's
 evaluation mean, the change, each seed's final and best evaluation, and the final forward speed
@@ -62,6 +63,9 @@ def load_runs(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
             raise ValueError(f"{path} has no learning curve (a run without the finetune stage)")
         config = result["config"] = with_added_options(result["config"])
         label = f"{config['algo']['name']} ({_start_kind(config)}) on {config['env']['id']}"
+        world = int(result.get("world_size", 1))
+        if world > 1:  # a torchrun job: the same config, trained by `world` ranks
+            label += f", {world} ranks"
         group = groups.setdefault(label, [])
         if group:
             changed = differences(_settings(group[0]["config"]), _settings(config))

@@ -1277,12 +1277,7 @@ def check_data_parallel(cfg: TrainConfig) -> None:
     world = distributed.world_size()
     if world == 1:
         return
-    n_envs = cfg.env.n_envs or cfg.n_envs
-    if n_envs % world:
-        raise ValueError(
-            f"n_envs={n_envs} cannot be split among {world} ranks: each rank steps an equal "
-            f"share of the run's envs. Choose n_envs divisible by {world}."
-        )
+    distributed.share(cfg.env.n_envs or cfg.n_envs, "n_envs", "envs")
     algo = hydra.utils.get_class(cfg.algo._target_)
     if not getattr(algo, "supports_data_parallel", False):
         raise ValueError(
@@ -1329,7 +1324,7 @@ def _train(cfg: TrainConfig, config: dict[str, Any], out: Path) -> dict[str, Any
     cfg = replace(cfg, pretrained=pretrained, stages=["finetune"])
 
     # Rank r steps envs r·E … (r+1)·E − 1 of the run's n_envs (their seeds too).
-    local = n_envs // world
+    local = distributed.share(n_envs, "n_envs", "envs")
     venv = make_vec_env_from_config(
         cfg.env, local, distributed.rank_seed(cfg.seed, local), cfg.algo.gamma
     )

@@ -58,6 +58,7 @@ __all__ = [
     "rank",
     "rank_seed",
     "share_vec_normalize",
+    "share",
     "shutdown",
     "sync_vec_normalize",
     "world_size",
@@ -111,6 +112,30 @@ def rank_seed(seed: int | None, stride: int = 1) -> int | None:
     E envs seed the same envs as one process of 2E envs.
     """
     return None if seed is None else int(seed) + rank() * int(stride)
+
+
+def share(total: int, name: str = "batch_size", what: str = "rows") -> int:
+    """This rank's equal share of a count of all ranks together (``total`` in one process).
+
+    Every global count a data-parallel run splits (a minibatch, the envs) goes through here.
+
+    Args:
+        total: The global count.
+        name: Its setting's name, for the error.
+        what: What each rank takes a share of, for the error.
+
+    Raises:
+        ValueError: On every rank (each checks the same numbers) if the world size does not
+            divide ``total``.
+    """
+    world = world_size()
+    if total % world:
+        raise ValueError(
+            f"{name}={total} counts all ranks together and is not divisible by the world size "
+            f"{world}: each rank takes an equal share of the {what}. Choose a multiple of "
+            f"{world}."
+        )
+    return total // world
 
 
 def device_for_rank(device: torch.device | str = "auto") -> torch.device:

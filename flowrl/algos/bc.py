@@ -125,15 +125,8 @@ class FlowBC:
                 f"actor expects (Do, Da) = ({actor.config.obs_dim}, {actor.config.action_dim}) "
                 f"but the dataset has ({dataset.obs_dim}, {dataset.action_dim})"
             )
-        world = distributed.world_size()
-        if self.config.batch_size % world:
-            raise ValueError(
-                f"BCConfig.batch_size = {self.config.batch_size} is the global batch of all "
-                f"ranks and must be a multiple of the world size {world} (each rank draws "
-                f"batch_size / {world} rows): choose a batch size divisible by {world}"
-            )
         #: Rows this rank draws per step (``batch_size`` in a single process).
-        self.local_batch_size = self.config.batch_size // world
+        self.local_batch_size = distributed.share(self.config.batch_size, "BCConfig.batch_size")
         # Every rank must train with the same settings (the device may name each rank's GPU).
         settings = {k: v for k, v in asdict(self.config).items() if k != "device"}
         distributed.check_same("BCConfig", settings)

@@ -389,35 +389,15 @@ class OffPolicyFlowLearner(FlowLearner):
             ValueError: On every rank (each checks the same numbers): a ``batch_size`` the
                 world size does not divide, or a ``train_freq`` in episodes.
         """
-        world = distributed.world_size()
-        if world == 1:
+        if distributed.world_size() == 1:
             return
-        if self.batch_size % world:
-            raise ValueError(
-                f"batch_size={self.batch_size} (the global minibatch) is not divisible by the "
-                f"world size {world}: every rank samples an equal share of each minibatch from "
-                f"its own replay buffer. Choose a batch_size that is a multiple of {world}."
-            )
+        distributed.share(self.batch_size, "batch_size", "minibatch, from its own replay")
         if self.train_freq.unit != TrainFrequencyUnit.STEP:
             raise ValueError(
                 f"train_freq=({self.train_freq.frequency}, 'episode') counts episodes, which "
                 "end at different times on different ranks, so the ranks would train at "
                 "different times: under torchrun give train_freq in env steps (an integer)"
             )
-
-    def _rank_share(self, batch_size: int) -> int:
-        """This rank's rows of a global minibatch of ``batch_size`` (itself in one process).
-
-        Raises:
-            ValueError: If the world size does not divide ``batch_size``.
-        """
-        world = distributed.world_size()
-        if batch_size % world:
-            raise ValueError(
-                f"batch_size={batch_size} (the global minibatch) is not divisible by the world "
-                f"size {world}"
-            )
-        return batch_size // world
 
     def _distributed_settings(self) -> dict[str, Any]:
         return {

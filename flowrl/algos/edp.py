@@ -398,13 +398,7 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
 
     def _check_world(self) -> None:
         super()._check_world()
-        world = distributed.world_size()
-        if self._distill_rows % world:
-            raise ValueError(
-                f"distill_batch_size={self._distill_rows} (the global distillation batch) is "
-                f"not divisible by the world size {world}: every rank distils an equal share. "
-                f"Choose a multiple of {world}."
-            )
+        distributed.share(self._distill_rows, "distill_batch_size", "distillation batch")
 
     def _distributed_settings(self) -> dict[str, Any]:
         return {
@@ -479,8 +473,8 @@ class EDP(OffPolicyFlowLearner, OffPolicyAlgorithm):
         sync = distributed.GradientSync(
             p for opt in optimizers for g in opt.param_groups for p in g["params"]
         )
-        distill_rows = self._rank_share(min(self.distill_batch_size or batch_size, batch_size))
-        batch_size = self._rank_share(batch_size)
+        distill_rows = distributed.share(min(self.distill_batch_size or batch_size, batch_size))
+        batch_size = distributed.share(batch_size)
         stats: dict[str, list[float]] = {
             k: [] for k in ("q_loss", "v_loss", "q", "actor", "ess", "q_gain", "grad_norm")
         }

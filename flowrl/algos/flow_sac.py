@@ -269,7 +269,7 @@ class FlowSAC(OffPolicyFlowLearner, OffPolicyAlgorithm):
         sync = distributed.GradientSync(
             p for opt in optimizers for g in opt.param_groups for p in g["params"]
         )
-        batch_size = self._rank_share(batch_size)
+        batch_size = distributed.share(batch_size)
         stats: dict[str, list[float]] = {
             k: [] for k in ("actor", "critic", "ent_coef", "ent_coef_loss", "log_prob", "bc")
         }

@@ -413,20 +413,12 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         Raises:
             ValueError: On every rank (each checks the same numbers).
         """
-        world = distributed.world_size()
-        if world == 1:
-            return
-        if self.batch_size % world:
-            raise ValueError(
-                f"batch_size={self.batch_size} (the global minibatch) is not divisible by the "
-                f"world size {world}: every rank takes an equal share of each minibatch. Choose "
-                f"a batch_size that is a multiple of {world}."
-            )
+        distributed.share(self.batch_size, "batch_size", "minibatch")
 
     @property
     def _local_batch_size(self) -> int:
         """This rank's rows of each minibatch (``batch_size`` in a single process)."""
-        return self.batch_size // distributed.world_size()
+        return distributed.share(self.batch_size)
 
     def _distributed_settings(self) -> dict[str, Any]:
         return {

@@ -283,15 +283,8 @@ class GeneratorTrainer:
             raise ValueError(f"labels must have shape ({len(data)},), got {tuple(labels.shape)}")
         if not torch.isfinite(data).all():
             raise ValueError("the training data contain NaN or inf")
-        world = distributed.world_size()
-        if config.batch_size % world:
-            raise ValueError(
-                f"batch_size = {config.batch_size} is the global batch of all ranks and must "
-                f"be a multiple of the world size {world} (each rank draws batch_size / "
-                f"{world} samples): choose a batch size divisible by {world}"
-            )
         #: Samples this rank draws per step (``config.batch_size`` in a single process).
-        self.local_batch_size = config.batch_size // world
+        self.local_batch_size = distributed.share(config.batch_size, "batch_size", "samples")
         distributed.check_same(f"the {type(self).__name__} config", asdict(config))
         self.data, self.labels, self.config = data, labels, config
         self.out_dir = Path(out_dir) if out_dir is not None else None

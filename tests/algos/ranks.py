@@ -7,6 +7,7 @@ sending back its result (or its traceback). The parent waits at most ``timeout_s
 whatever is left, so a hang fails the test instead of stalling the suite.
 
 ``fn`` must be importable by name (a module-level function of a test module or helper).
+Also :class:`StopAt`, a callback the tests use to stop training from rank 0.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import traceback
 from typing import Any
 
 import torch.multiprocessing as mp
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 def free_port() -> int:
@@ -104,3 +106,14 @@ def ok_results(out: dict[int, tuple[str, Any]]) -> list[Any]:
             lines.append(f"rank {r}: {status}\n{detail}")
         raise AssertionError("\n".join(lines))
     return [out[r][1] for r in sorted(out)]
+
+
+class StopAt(BaseCallback):
+    """A callback that asks to stop training at its n-th step (on the rank it runs on)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def _on_step(self) -> bool:
+        return self.n_calls < self.n

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from learner_helpers import LEARNERS
-from ranks import ok_results, run_ranks
+from ranks import StopAt, ok_results, run_ranks
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -58,17 +58,6 @@ class _Files(BaseCallback):
         Path(self.folder, f"callback_rank{fd.rank()}_{self.num_timesteps}").touch()
 
 
-class _StopAt(BaseCallback):
-    """Asks to stop training at its n-th step (on the rank it runs on)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def _on_step(self) -> bool:
-        return self.n_calls < self.n
-
-
 # ---------------------------------------------------------------------- in the ranks
 
 
@@ -89,7 +78,7 @@ def _learn_all(rank: int, folder: str, single: str) -> dict:
     out["reinflow"] = _flat(model.policy)
     # rank 0's callback stops training after 5 steps: every rank stops with it
     stopper = _model()
-    stopper.learn(10 * 8 * 2 * 2, callback=_StopAt(5))
+    stopper.learn(10 * 8 * 2 * 2, callback=StopAt(5))
     out["stopped_at"] = stopper.num_timesteps
     # a single-process checkpoint, loaded on both ranks, acts as it did and trains on
     loaded = ReinFlow.load(single, env=_venv(), device="cpu")

@@ -234,7 +234,7 @@ def test_one_step_on_two_ranks_is_one_step_on_the_union_of_their_batches(tmp_pat
     # A world size that does not divide the global batch: a ValueError on every rank (and
     # no rank waits for another: both went on).
     for r in (r0, r1):
-        assert r["refused"] is not None and "multiple of the world size 2" in r["refused"]
+        assert r["refused"] is not None and "not divisible by the world size 2" in r["refused"]
     # A Ctrl-C that reached rank 1 alone stopped both ranks after step 3, with rank 0's
     # checkpoint of step 3 on disk before either raised.
     assert r0["stopped"] == r1["stopped"] == (3, True)

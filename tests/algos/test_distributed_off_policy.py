@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from ranks import ok_results, run_ranks
+from ranks import StopAt, ok_results, run_ranks
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -104,17 +104,6 @@ class _Files(BaseCallback):
         Path(self.folder, f"callback_rank{fd.rank()}").touch()
 
 
-class _StopAt(BaseCallback):
-    """Asks to stop training at its n-th step (on the rank it runs on)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def _on_step(self) -> bool:
-        return self.n_calls < self.n
-
-
 def _row_key(row: torch.Tensor) -> int:
     return zlib.crc32(row.detach().cpu().numpy().tobytes())
 
@@ -178,7 +167,7 @@ def _learn_and_write(rank: int, folder: str) -> dict:
     out["edp_updates"] = edp._n_updates
     # rank 0's callback stops at its 6th step (the 2nd of the 2nd rollout): all ranks stop
     stopper = _flowsac(train_freq=4, learning_starts=8)
-    stopper.learn(1000, callback=_StopAt(6))
+    stopper.learn(1000, callback=StopAt(6))
     out["stopped_at"] = stopper.num_timesteps
     out["stopper"] = _everything(stopper)
     return out

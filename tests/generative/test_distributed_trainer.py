@@ -214,7 +214,7 @@ def test_one_step_on_two_ranks_is_one_step_on_the_union_of_their_batches():
     # A world size that does not divide the global batch: a ValueError on every rank (and
     # no rank waits for another: both went on to the step below).
     for r in (r0, r1):
-        assert r["refused"] is not None and "multiple of the world size 2" in r["refused"]
+        assert r["refused"] is not None and "not divisible by the world size 2" in r["refused"]
     whole = _one_fixed_step(0, 1)
     assert _equal(r0["model"], r1["model"]) and _equal(r0["ema"], r1["ema"])
     for key, value in whole["model"].items():

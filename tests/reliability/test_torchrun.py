@@ -127,7 +127,10 @@ def test_settings_the_ranks_cannot_split_fail_on_every_rank_the_others_run(tmp_p
     for message in first[n : 2 * n]:
         # n_envs counts every rank's envs: 8 steps x (2 ranks x 2 envs)
         assert "is larger than the rollout (n_steps * n_envs = 8 * 4 = 32)" in message
-    assert "n_envs=3 cannot be split among 2 ranks" in first[2 * n]
+    assert (
+        "n_envs=3 counts all ranks together and is not divisible by the world size 2"
+        in (first[2 * n])
+    )
     assert "algo=ppo does not train data-parallel" in first[2 * n + 1]
     assert "distributed.backend must be auto, gloo or nccl" in first[2 * n + 2]
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}

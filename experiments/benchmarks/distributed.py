@@ -1,4 +1,4 @@
-"""Data-parallel scaling: ReinFlow's env steps per second on 1 and 2 torchrun ranks.
+"""Data-parallel scaling: ReinFlow's and FlowSAC's env steps per second on 1 and 2 ranks.
 
 The run is the ``recipe`` setting of ``throughput.py`` (Hopper-v5, width 128, batch 512,
 5 epochs, 4 envs × 512 steps per rollout; no KL stop, so every update runs every epoch), at
@@ -11,6 +11,12 @@ W ranks in two ways (``--modes``):
   W ranks step 4/W envs each and take 512/W rows of every minibatch, so the algorithm is the
   one-process recipe's at every W. Ideal: W times too, if a rank's time shrinks with its
   share of the envs and rows.
+
+FlowSAC (``--learners``) runs ``flowsac_throughput.py``'s sizes (Hopper-v5, width 256, K = 4,
+batch 256, one gradient step per vectorized env step) with 2 envs in the one-process run:
+``weak`` gives every rank 2 envs and 256 rows, ``strong`` splits the 2 envs and 256 rows. It
+is timed over 500 vectorized steps after its replay buffer passed ``learning_starts``; its
+"rollout" column is everything but ``train``.
 
 Each measurement is its own ``torchrun --standalone --nproc_per_node=W`` job (one torch thread
 per rank, gloo): an untimed warm-up ``learn`` of one rollout and update, then a timed
@@ -47,6 +53,14 @@ from common import code_version, machine_info, write_results
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "distributed.json"
+# FlowSAC (--learner flowsac): flowsac_throughput.py's sizes, 2 envs in the one-process run.
+FLOWSAC = {
+    "n_envs": 2,
+    "batch_size": 256,
+    "width": 256,
+    "learning_starts": 1000,
+    "timed_steps": 500,  # vectorized steps of each rank's envs, timed
+}
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather_object", "broadcast_object_list")
 
 
@@ -55,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worlds", default="1,2", help="rank counts to measure")
     parser.add_argument("--modes", default="weak,strong", help="weak and/or strong scaling")
     parser.add_argument("--mode", default="weak", help=argparse.SUPPRESS)  # a worker's
+    parser.add_argument("--learners", default="reinflow,flowsac", help="reinflow and/or flowsac")
+    parser.add_argument("--learner", default="reinflow", help=argparse.SUPPRESS)  # a worker's
     parser.add_argument("--repeats", type=int, default=3, help="jobs per rank count")
     parser.add_argument("--rollouts", type=int, default=4, help="timed rollouts+updates per job")
     parser.add_argument("--seed", type=int, default=0)
@@ -79,6 +95,70 @@ def _timed_collectives(totals: dict[str, float]) -> None:
         setattr(dist, name, wrapper)
 
 
+def _flowsac_worker(args: argparse.Namespace, totals: dict[str, float]) -> dict[str, Any]:
+    """FlowSAC at ``flowsac_throughput.py``'s sizes: this rank's timed run."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import flowrl.distributed as fd
+    from flowrl.algos import FlowSAC
+
+    world = fd.world_size()
+    n_envs, batch = FLOWSAC["n_envs"], FLOWSAC["batch_size"]
+    if args.mode == "weak":  # each rank: the envs and minibatch rows of the one-process run
+        batch *= world
+    else:  # the one-process run split among the ranks
+        n_envs = fd.share(n_envs, "n_envs", "envs")
+    width = FLOWSAC["width"] if not args.quick else 32
+    env = make_vec_env(
+        "Pendulum-v1" if args.quick else "Hopper-v5",
+        n_envs=n_envs,
+        seed=fd.rank_seed(args.seed, n_envs),
+    )
+    model = FlowSAC(
+        "FlowSACPolicy",
+        env,
+        policy_kwargs={
+            "actor_config": {"width": width, "depth": 1, "act": "relu"},
+            "num_steps": 4,
+            "value_hidden": (width, width),
+            "value_act": "relu",
+            "noise_hidden": (64, 64),
+        },
+        batch_size=batch,
+        learning_starts=FLOWSAC["learning_starts"],
+        train_freq=1,
+        gradient_steps=1,
+        seed=args.seed,
+    )
+    train_s = [0.0]
+    train = model.train
+
+    def timed_train(*a: Any, **k: Any) -> None:
+        start = time.perf_counter()
+        train(*a, **k)
+        train_s[0] += time.perf_counter() - start
+
+    model.train = timed_train  # type: ignore[method-assign]
+    model.learn(FLOWSAC["learning_starts"] + 200, progress_bar=False)  # fill, first steps
+    train_s[0] = totals["comm_s"] = 0.0
+    fd.barrier("the start of the timed run")
+    steps0 = model.num_timesteps
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    total = (200 if args.quick else FLOWSAC["timed_steps"]) * n_envs * world
+    model.learn(total, reset_num_timesteps=False, progress_bar=False)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {
+        "rank": fd.rank(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rollout_s": wall - train_s[0],
+        "env_step_s": float("nan"),
+        "train_s": train_s[0],
+        "comm_s": totals["comm_s"],
+        "steps": int(model.num_timesteps - steps0),
+    }
+
+
 def worker(args: argparse.Namespace) -> None:
     """One rank of a torchrun job: build, warm up, time, and (rank 0) write the job's JSON."""
     import flowrl.distributed as fd
@@ -89,6 +169,33 @@ def worker(args: argparse.Namespace) -> None:
 
     totals = {"comm_s": 0.0}
     _timed_collectives(totals)
+    world = fd.world_size()
+    if args.learner == "flowsac":
+        mine = _flowsac_worker(args, totals)
+    else:
+        mine = _reinflow_worker(args, totals, throughput)
+    ranks = [mine]
+    if world > 1:
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
+    if fd.is_main():
+        job = {
+            "world": world,
+            "mode": args.mode,
+            "learner": args.learner,
+            "fps": mine["steps"] / max(r["wall_s"] for r in ranks),
+        }
+        job["ranks"] = ranks
+        args.worker.write_text(json.dumps(job))
+    fd.shutdown()
+
+
+def _reinflow_worker(
+    args: argparse.Namespace, totals: dict[str, float], throughput: Any
+) -> dict[str, Any]:
+    """ReinFlow at ``throughput.py``'s recipe setting: this rank's timed run."""
+    import flowrl.distributed as fd
+
     setting = throughput.argparse.Namespace(
         quick=args.quick, total_timesteps=None, seed=args.seed, device="cpu"
     )
@@ -110,7 +217,7 @@ def worker(args: argparse.Namespace) -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     model.learn(args.rollouts * rollout, reset_num_timesteps=True, progress_bar=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    mine = {
+    return {
         "rank": fd.rank(),
         "wall_s": wall,
         "cpu_s": cpu,
@@ -120,23 +227,10 @@ def worker(args: argparse.Namespace) -> None:
         "comm_s": totals["comm_s"],
         "steps": int(model.num_timesteps),
     }
-    ranks = [mine]
-    if world > 1:
-        ranks = [None] * world
-        dist.all_gather_object(ranks, mine)
-    if fd.is_main():
-        job = {
-            "world": world,
-            "mode": args.mode,
-            "fps": mine["steps"] / max(r["wall_s"] for r in ranks),
-        }
-        job["ranks"] = ranks
-        args.worker.write_text(json.dumps(job))
-    fd.shutdown()
 
 
-def run_job(world: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One torchrun job of ``world`` ranks in ``mode``; its JSON."""
+def run_job(world: int, mode: str, learner: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One torchrun job of ``learner`` on ``world`` ranks in ``mode``; its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "job.json"
         cmd = [
@@ -154,6 +248,8 @@ def run_job(world: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.seed),
             "--mode",
             mode,
+            "--learner",
+            learner,
             *(["--quick"] if args.quick else []),
         ]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
@@ -190,7 +286,8 @@ def summarize(jobs: list[dict[str, Any]], worlds: list[int]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| scaling | ranks | env steps/s (median) | speed-up | efficiency | per rank: wall s "
+        "| learner, scaling | ranks | env steps/s (median) | speed-up | efficiency "
+        "| per rank: wall s "
         "| rollout s | env step s | update s | in collectives s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -213,12 +310,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     worlds = [int(w) for w in args.worlds.split(",")]
     modes = args.modes.split(",")
-    pairs = [(w, m) for m in modes for w in worlds]
+    learners = args.learners.split(",")
+    pairs = [(w, m, n) for n in learners for m in modes for w in worlds]
     order = [p for r in range(args.repeats) for p in (pairs if r % 2 == 0 else pairs[::-1])]
     jobs = []
-    for world, mode in order:
-        job = run_job(world, mode, args)
-        print(f"  {mode}, {world} rank(s): {job['fps']:.0f} env steps/s", flush=True)
+    for world, mode, learner in order:
+        job = run_job(world, mode, learner, args)
+        print(f"  {learner}, {mode}, {world} rank(s): {job['fps']:.0f} env steps/s", flush=True)
         jobs.append(job)
     sys.path.insert(0, str(HERE))
     import throughput
@@ -230,7 +328,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "rollouts_timed": args.rollouts,
         "threads_per_rank": 1,
         "backend": "gloo",
-        "summary": {m: summarize([j for j in jobs if j["mode"] == m], worlds) for m in modes},
+        "flowsac_setting": FLOWSAC,
+        "summary": {
+            f"{n}, {m}": summarize([j for j in jobs if (j["learner"], j["mode"]) == (n, m)], worlds)
+            for n in learners
+            for m in modes
+        },
         "jobs": jobs,
         "machine": machine_info(("stable-baselines3", "gymnasium", "mujoco")),
         "code": code_version(),

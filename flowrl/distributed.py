@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "broadcast_object",
     "check_in_sync",
     "check_same",
+    "comm_seconds",
     "device_for_rank",
     "init",
     "is_distributed",
@@ -204,8 +206,10 @@ def init(
 
 
 def shutdown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), once every rank has come to leave it."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -224,6 +228,30 @@ def _fail(what: str, err: BaseException) -> DistributedError:
     )
 
 
+_comm_seconds = 0.0  # wall time spent inside collectives (waiting for other ranks included)
+
+
+def comm_seconds() -> float:
+    """Seconds this process has spent in flowrl's collectives (waits for slower ranks too).
+
+    Every collective of flowrl goes through this module, so this is the data-parallel
+    overhead a profile would attribute to communication (benchmarks read it).
+    """
+    return _comm_seconds
+
+
+def _collective(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one torch.distributed collective: timed, its failure named (:func:`_fail`)."""
+    global _comm_seconds
+    start = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, ValueError) as err:  # gloo/NCCL failures
+        raise _fail(what, err) from err
+    finally:
+        _comm_seconds += time.perf_counter() - start
+
+
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
 
 
@@ -238,10 +266,7 @@ def all_reduce(values: Tensor | Sequence[float], op: str = "sum", what: str = "a
     if op not in (*_OPS, "mean"):
         raise ValueError(f"op must be one of sum, mean, max, min; got {op!r}")
     buffer = data.to(_comm_device())
-    try:
-        dist.all_reduce(buffer, op=getattr(dist.ReduceOp, _OPS.get(op, "SUM")))
-    except (RuntimeError, ValueError) as err:  # gloo/NCCL failures
-        raise _fail(what, err) from err
+    _collective(what, dist.all_reduce, buffer, op=getattr(dist.ReduceOp, _OPS.get(op, "SUM")))
     data = buffer.cpu()
     return data / world_size() if op == "mean" else data
 
@@ -264,10 +289,7 @@ def broadcast_object(obj: Any, src: int = 0, what: str = "a broadcast") -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    try:
-        dist.broadcast_object_list(box, src=src, device=_comm_device())
-    except (RuntimeError, ValueError) as err:
-        raise _fail(what, err) from err
+    _collective(what, dist.broadcast_object_list, box, src=src, device=_comm_device())
     return box[0]
 
 
@@ -282,10 +304,7 @@ def broadcast_module(module: torch.nn.Module, src: int = 0, what: str = "the wei
         for dtype in sorted({t.dtype for t in tensors}, key=str):
             group = [t for t in tensors if t.dtype == dtype]
             flat = torch.cat([t.detach().reshape(-1).to(_comm_device()) for t in group])
-            try:
-                dist.broadcast(flat, src=src)
-            except (RuntimeError, ValueError) as err:
-                raise _fail(f"broadcasting {what}", err) from err
+            _collective(f"broadcasting {what}", dist.broadcast, flat, src=src)
             offset = 0
             for t in group:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -303,10 +322,7 @@ def check_same(what: str, value: Any) -> None:
     if not is_distributed():
         return
     values: list[Any] = [None] * world_size()
-    try:
-        dist.all_gather_object(values, value)
-    except (RuntimeError, ValueError) as err:
-        raise _fail(f"comparing {what}", err) from err
+    _collective(f"comparing {what}", dist.all_gather_object, values, value)
     if any(v != values[0] for v in values):
         listed = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
         raise DistributedError(f"{what} must be the same on every rank, got {listed}")
@@ -366,10 +382,7 @@ class GradientSync:
         has = torch.tensor([float(p.grad is not None) for p in self.params], dtype=self.dtype)
         extra = torch.as_tensor(list(scalars), dtype=self.dtype)
         flat = torch.cat([*(g.to(device) for g in grads), has.to(device), extra.to(device)])
-        try:
-            dist.all_reduce(flat)
-        except (RuntimeError, ValueError) as err:
-            raise _fail(what, err) from err
+        _collective(what, dist.all_reduce, flat)
         flat = flat.cpu() if device.type != "cpu" else flat
         counts = flat[-len(extra) - len(self.params) : len(flat) - len(extra)]
         offset = 0

@@ -21,9 +21,11 @@ is timed over 500 vectorized steps after its replay buffer passed ``learning_sta
 Each measurement is its own ``torchrun --standalone --nproc_per_node=W`` job (one torch thread
 per rank, gloo): an untimed warm-up ``learn`` of one rollout and update, then a timed
 ``learn`` of ``--rollouts`` rollouts and updates. Every rank times its rollouts, updates and
-the time it spends inside collectives (``torch.distributed`` calls: the gradient all-reduce,
-the advantage statistics, the agreement after each rollout, the weight check after each
-update); rank 0 gathers them. Jobs alternate 1, 2, 2, 1, … ranks over ``--repeats``.
+the time it spends inside collectives (``flowrl.distributed.comm_seconds``: the gradient
+all-reduce, the advantage statistics, the agreement after each rollout, the weight check after
+each update, waits for the slower rank included); rank 0 gathers them. Jobs alternate 1, 2,
+2, 1, … ranks over ``--repeats``. A job whose ranks all finished but one then exited with an
+error keeps its measurement, with the exit status recorded (``exit_status``).
 
 Run from the repository root on an otherwise idle machine::
 
@@ -61,7 +63,6 @@ FLOWSAC = {
     "learning_starts": 1000,
     "timed_steps": 500,  # vectorized steps of each rank's envs, timed
 }
-COLLECTIVES = ("all_reduce", "broadcast", "all_gather_object", "broadcast_object_list")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,22 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _timed_collectives(totals: dict[str, float]) -> None:
-    """Wrap torch.distributed's collectives so that their wall time adds to ``totals``."""
-    for name in COLLECTIVES:
-        original = getattr(dist, name)
-
-        def wrapper(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                totals["comm_s"] += time.perf_counter() - start
-
-        setattr(dist, name, wrapper)
-
-
-def _flowsac_worker(args: argparse.Namespace, totals: dict[str, float]) -> dict[str, Any]:
+def _flowsac_worker(args: argparse.Namespace) -> dict[str, Any]:
     """FlowSAC at ``flowsac_throughput.py``'s sizes: this rank's timed run."""
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -140,8 +126,9 @@ def _flowsac_worker(args: argparse.Namespace, totals: dict[str, float]) -> dict[
 
     model.train = timed_train  # type: ignore[method-assign]
     model.learn(FLOWSAC["learning_starts"] + 200, progress_bar=False)  # fill, first steps
-    train_s[0] = totals["comm_s"] = 0.0
+    train_s[0] = 0.0
     fd.barrier("the start of the timed run")
+    comm0 = fd.comm_seconds()
     steps0 = model.num_timesteps
     wall0, cpu0 = time.perf_counter(), time.process_time()
     total = (200 if args.quick else FLOWSAC["timed_steps"]) * n_envs * world
@@ -154,7 +141,7 @@ def _flowsac_worker(args: argparse.Namespace, totals: dict[str, float]) -> dict[
         "rollout_s": wall - train_s[0],
         "env_step_s": float("nan"),
         "train_s": train_s[0],
-        "comm_s": totals["comm_s"],
+        "comm_s": fd.comm_seconds() - comm0,
         "steps": int(model.num_timesteps - steps0),
     }
 
@@ -167,13 +154,11 @@ def worker(args: argparse.Namespace) -> None:
     sys.argv = [sys.argv[0]]
     import throughput
 
-    totals = {"comm_s": 0.0}
-    _timed_collectives(totals)
     world = fd.world_size()
     if args.learner == "flowsac":
-        mine = _flowsac_worker(args, totals)
+        mine = _flowsac_worker(args)
     else:
-        mine = _reinflow_worker(args, totals, throughput)
+        mine = _reinflow_worker(args, throughput)
     ranks = [mine]
     if world > 1:
         ranks = [None] * world
@@ -190,9 +175,7 @@ def worker(args: argparse.Namespace) -> None:
     fd.shutdown()
 
 
-def _reinflow_worker(
-    args: argparse.Namespace, totals: dict[str, float], throughput: Any
-) -> dict[str, Any]:
+def _reinflow_worker(args: argparse.Namespace, throughput: Any) -> dict[str, Any]:
     """ReinFlow at ``throughput.py``'s recipe setting: this rank's timed run."""
     import flowrl.distributed as fd
 
@@ -212,8 +195,8 @@ def _reinflow_worker(
     model.learn(rollout, progress_bar=False)  # warm-up: the first rollout and update
     model.reset_timings()
     model.env.step_seconds = 0.0
-    totals["comm_s"] = 0.0
     fd.barrier("the start of the timed run")
+    comm0 = fd.comm_seconds()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     model.learn(args.rollouts * rollout, reset_num_timesteps=True, progress_bar=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -224,7 +207,7 @@ def _reinflow_worker(
         "rollout_s": model.timings["rollout_s"],
         "env_step_s": model.env.step_seconds,
         "train_s": model.timings["train_s"],
-        "comm_s": totals["comm_s"],
+        "comm_s": fd.comm_seconds() - comm0,
         "steps": int(model.num_timesteps),
     }
 
@@ -254,9 +237,13 @@ def run_job(world: int, mode: str, learner: str, args: argparse.Namespace) -> di
         ]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
+        if proc.returncode and not out.exists():
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-        return json.loads(out.read_text())
+        job = json.loads(out.read_text())
+        # Written after every rank's timed run and the final gather: the measurement is
+        # whole even if a rank then failed on its way out (recorded, and counted in the table).
+        job["exit_status"] = proc.returncode
+        return job
 
 
 def summarize(jobs: list[dict[str, Any]], worlds: list[int]) -> dict[str, Any]:
@@ -339,7 +326,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "code": code_version(),
         "torch_threads_parent": torch.get_num_threads(),
     }
+    result["jobs_exited_with_error"] = sum(1 for j in jobs if j["exit_status"])
     table = markdown(result)
+    if result["jobs_exited_with_error"]:
+        table += (
+            f"\n{result['jobs_exited_with_error']} of {len(jobs)} jobs finished and wrote their "
+            "measurement, then a rank exited with an error (exit_status in the JSON).\n"
+        )
     write_results(result, table, args.out)
     print(table)
     return result

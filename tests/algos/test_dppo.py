@@ -26,6 +26,8 @@ from flowrl.policies import (
 )
 
 PENDULUM = gym.make("Pendulum-v1")
+# Seeded: unseeded, the space draws its samples from fresh OS entropy in every session.
+PENDULUM.observation_space.seed(0)
 
 
 def diffusion_actor(K: int = 4, seed: int = 0) -> DiffusionActor:

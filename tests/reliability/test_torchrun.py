@@ -23,6 +23,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from flowrl.experiments import train as TRAIN
 
+# Tiny flow nets and a short evaluation: what every run here shares.
+SMALL = [
+    "policy.actor.width=16",
+    "policy.actor.depth=1",
+    "policy.noise_hidden=[8]",
+    "policy.value_hidden=[16]",
+    "eval.freq=256",
+    "eval.episodes=1",
+    "progress_bar=false",
+]
 PIPELINE = [
     "algo=reinflow",
     "env=pendulum",
@@ -31,13 +41,7 @@ PIPELINE = [
     "algo.n_steps=64",
     "algo.batch_size=32",
     "algo.n_epochs=1",
-    "policy.actor.width=16",
-    "policy.actor.depth=1",
-    "policy.noise_hidden=[8]",
-    "policy.value_hidden=[16]",
-    "eval.freq=256",
-    "eval.episodes=1",
-    "progress_bar=false",
+    *SMALL,
 ]
 
 
@@ -101,13 +105,7 @@ def _refusals(rank: int, folder: str) -> list[str]:
             "total_timesteps=256",
             "algo.learning_starts=64",
             "algo.batch_size=32",
-            "policy.actor.width=16",
-            "policy.actor.depth=1",
-            "policy.noise_hidden=[8]",
-            "policy.value_hidden=[16]",
-            "eval.freq=256",
-            "eval.episodes=1",
-            "progress_bar=false",
+            *SMALL,
             f"output_dir={out}/flowsac",
         )
     )

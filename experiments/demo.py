@@ -179,12 +179,8 @@ def _plot(data: np.ndarray, samples: dict, results: dict, path: Path) -> None:
 
 def main() -> dict:
     """The script: under ``torchrun``, join the group (ranks > 0 write no Hydra files)."""
-    joined = not distributed.is_distributed() and distributed.init()
-    try:
+    with distributed.joined():
         return run()
-    finally:
-        if joined:
-            distributed.shutdown()
 
 
 if __name__ == "__main__":

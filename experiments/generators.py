@@ -379,12 +379,8 @@ def main() -> dict[str, Any]:
     Joins the process group when ``torchrun`` started the process (a plain run: nothing),
     keeps ranks other than 0 from writing Hydra's files, runs, and leaves the group.
     """
-    joined = not distributed.is_distributed() and distributed.init()
-    try:
+    with distributed.joined():
         return _hydra_main()
-    finally:
-        if joined:
-            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1255,16 +1255,12 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
             f"distributed.backend must be auto, gloo or nccl, got {cfg.distributed.backend!r}"
         )
     # Under torchrun: join the group (a plain run: nothing happens).
-    joined = not distributed.is_distributed() and distributed.init(
+    with distributed.joined(
         backend=None if cfg.distributed.backend == "auto" else cfg.distributed.backend,
         timeout_s=cfg.distributed.timeout_s,
         threads=cfg.threads,
-    )
-    try:
+    ):
         return _train_run(cfg)
-    finally:
-        if joined:
-            distributed.shutdown()
 
 
 def check_data_parallel(cfg: TrainConfig) -> None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +55,7 @@ __all__ = [
     "init",
     "is_distributed",
     "is_main",
+    "joined",
     "local_rank",
     "merge_running_stats",
     "on_main",
@@ -203,6 +205,25 @@ def init(
     torch.set_num_threads(int(threads))
     dist.init_process_group(backend, timeout=timedelta(seconds=_timeout_s(timeout_s)))
     return True
+
+
+@contextmanager
+def joined(
+    backend: str | None = None, timeout_s: float | None = None, threads: int | None = None
+) -> Iterator[bool]:
+    """Be one rank of torchrun's group for the block (:func:`init`, then :func:`shutdown`).
+
+    Leaves only a group it joined itself: inside an already joined group (a caller's, a
+    test's) it changes nothing. Yields whether this process is a rank of a group.
+    """
+    mine = not (dist.is_available() and dist.is_initialized()) and init(
+        backend=backend, timeout_s=timeout_s, threads=threads
+    )
+    try:
+        yield mine or (dist.is_available() and dist.is_initialized())
+    finally:
+        if mine:
+            shutdown()
 
 
 def shutdown() -> None:

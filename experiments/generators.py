@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,28 @@ def make_net(cfg: ModelConfig, data: Tensor, labels: Tensor | None) -> torch.nn.
             )
         )
     raise ValueError(f"unknown model kind {cfg.kind!r}; choose dit or mlp")
+
+
+def load_teacher(
+    path: str | os.PathLike, cfg: GeneratorsConfig, data: Tensor, labels: Tensor | None
+) -> TeacherTrainer:
+    """The teacher trained by this pipeline, rebuilt from its ``checkpoint.pt``.
+
+    The trainer's config is the one saved in the checkpoint (so it loads whatever recipe
+    trained it); the network follows ``cfg.model``. Sample with ``.sample`` or use the EMA
+    network ``.teacher``.
+    """
+    from flowrl.checkpoints import load_checkpoint_file
+
+    state = load_checkpoint_file(path, "flowrl generator checkpoint")
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{os.fspath(path)!r} holds no trainer config: not a teacher checkpoint")
+    known = {f.name for f in fields(TeacherConfig)}
+    config = TeacherConfig(**{k: v for k, v in saved.items() if k in known})
+    teacher = TeacherTrainer(make_net(cfg.model, data, labels), data, labels, config)
+    teacher.load_checkpoint(path)
+    return teacher
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -224,7 +224,7 @@ class FlowOnPolicyConfig(OnPolicyConfig):
     clip_cov_bounds: list[float] = field(default_factory=lambda: [1.0, 5.0])  # Clip-Cov window
     kl_cov_coef: float = 1.0  # KL-Cov's beta
     ratio_check_tol: float = 1e-6  # max |ratio - 1| on an update's first minibatch
-    sampler_check_tol: float = 1e-3  # max |log p| gap between rollout and re-scoring
+    sampler_check_tol: float = 1e-3  # max |log p| gap rollout vs re-scoring, per max(1, |log p|)
     # torch.compile of the policy's hot paths (rollout step, minibatch scoring); eager if off
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs
@@ -283,6 +283,20 @@ class FPOConfig(FlowOnPolicyConfig):
     asymmetric_trust_region: bool | None = None  # null: as variant says
     num_mc: int = 8  # N_mc, (tau, eps) pairs per action
     cfm_reduction: str = "sum"  # "sum" over action dims (the paper's norm) or "mean"
+
+
+@register_schema("algo", "nft")
+@dataclass
+class NFTConfig(FlowOnPolicyConfig):
+    """NFT (``flowrl.algos.NFT``): DiffusionNFT's forward-process loss on rollout actions."""
+
+    _target_: str = "flowrl.algos.NFT"
+    name: str = "nft"
+    policies: list[str] = field(default_factory=lambda: ["fpo"])
+    learning_rate: float = 1e-3  # the library's NFT default (docs/nft.md)
+    beta: float = 1.0  # trust region of the implicit positive/negative policies
+    clip_max: float = 1.0  # normalized advantages clipped to +-c, r = A / 2c + 1/2
+    num_mc: int = 8  # (tau, eps) pairs per action
 
 
 @register_schema("algo", "dppo")
@@ -634,7 +648,7 @@ class GaussianPolicyConfig(PolicyConfig):
         if pretrained is not None:
             raise ValueError(
                 f"pretrained={pretrained!r} is a FlowActor checkpoint, which only flow "
-                "policies load: use algo=reinflow, policyflow, fpo, fpo_pp or dppo, or drop "
+                "policies load: use algo=reinflow, policyflow, fpo, fpo_pp, nft or dppo, or drop "
                 "pretrained"
             )
         kwargs: dict[str, Any] = {}

@@ -25,6 +25,7 @@ _EXPORTS = {
     "PolicyFlow": "flowrl.algos",
     "FPO": "flowrl.algos",
     "DPPO": "flowrl.algos",
+    "NFT": "flowrl.algos",
     "FlowSAC": "flowrl.algos",
     "DSRL": "flowrl.algos",
     "EDP": "flowrl.algos",

@@ -1,6 +1,6 @@
 """Learners: behaviour cloning and Stable-Baselines3 algorithms for flow policies.
 
-The on-policy learners (ReinFlow, PolicyFlow, FPO, DPPO) share one PPO update,
+The on-policy learners (ReinFlow, PolicyFlow, FPO, DPPO, NFT) share one PPO update,
 :class:`~flowrl.algos.on_policy.OnPolicyCore`; the off-policy ones (FlowSAC, DSRL, EDP) learn
 from a replay buffer as SB3's SAC does. Reward-free exploration (EDPExplore, and SAC with an
 RND or count bonus as baselines) relabels replay batches with an intrinsic reward
@@ -15,6 +15,7 @@ from flowrl.algos.edp import EDP, EDPExplore, EDPExploreFlow
 from flowrl.algos.exploration import ExplorationSAC
 from flowrl.algos.flow_sac import FlowSAC
 from flowrl.algos.fpo import FPO
+from flowrl.algos.nft import NFT
 from flowrl.algos.on_policy import OnPolicyCore
 from flowrl.algos.policyflow import PolicyFlow
 from flowrl.algos.reinflow import ReinFlow
@@ -33,6 +34,7 @@ __all__ = [
     "ChainRolloutBuffer",
     "FieldRolloutBuffer",
     "LatentNoiseVecEnv",
+    "NFT",
     "FlowBC",
     "OnPolicyCore",
     "PolicyFlow",

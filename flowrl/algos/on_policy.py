@@ -159,6 +159,8 @@ class PolicyTerms:
         advantage_weights: (N,) factors of the advantage per column of an (M, N)
             ``log_ratio`` (DPPO's γ_denoise discount across denoising steps), applied after
             the advantages are normalized; None: 1.
+        extras: What a learner whose policy loss is not PPO's surrogate needs in its
+            :meth:`OnPolicyCore._policy_loss` (NFT's velocities and targets).
     """
 
     log_ratio: Tensor
@@ -167,6 +169,7 @@ class PolicyTerms:
     values: Tensor
     losses: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
     advantage_weights: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
@@ -205,10 +208,10 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         clip_cov_bounds: Clip-Cov acts only on covariance terms inside (lower, upper).
         kl_cov_coef: β of KL-Cov's |log ratio| penalty.
         ratio_check_tol: Max |ratio − 1| allowed on the first minibatch of every update.
-        sampler_check_tol: Max |log p| difference allowed between the rollout's log-probs
-            and the same samples re-scored before the update (float32 round-off of the
-            networks, which depends on batch size, stays below ~1e-5; a wrong time grid or K
-            gives differences of order 1).
+        sampler_check_tol: Max difference allowed between the rollout's log-probs and the
+            same samples re-scored before the update, relative to max(1, |log p|) (float32
+            round-off of the networks, which depends on batch size, stays below ~1e-5 of
+            that scale; a wrong time grid or K gives differences of order 1).
         compile: ``torch.compile`` the policy's hot paths (:mod:`flowrl.compile`): True or a
             mode name; False: eager; None (default): as the policy was built
             (``policy_kwargs={"compile": ...}``). Saved with the model.
@@ -554,7 +557,9 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         a sampler/likelihood mismatch (a different grid, K or noise model).
 
         Returns:
-            Max |log p_sampler − log p_recomputed| over the buffer.
+            Max |log p_sampler − log p_recomputed| / max(1, |log p_sampler|) over the buffer
+            (relative above 1: FPO's and NFT's flow-matching ELBOs grow with the policy's
+            residuals, and so does the float32 round-off of a re-scoring).
         """
         buffer = self.rollout_buffer
         buffer.flatten()
@@ -565,16 +570,17 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
                 buffer.get(size, indices), range(0, len(indices), size), strict=True
             ):
                 buffer.write_rows(indices[start : start + size], self._score_old(batch))
-        error = float(np.abs(buffer.log_probs - sampled).max())
+        scale = np.maximum(1.0, np.abs(sampled))
+        error = float((np.abs(buffer.log_probs - sampled) / scale).max())
         error = float(distributed.all_reduce([error], "max", "the sampler check")[0])
         if not error <= self.sampler_check_tol:
             raise RuntimeError(
                 f"the sampler's log-probs and the re-scored ones differ by up to {error:.3g} "
-                f"(tolerance {self.sampler_check_tol:g}) on the same samples with the same "
-                "weights: sampling and likelihood disagree. Check that both use THE time grid "
-                "(flowrl.flow.time_grid) with the same K and the same noise model, that no "
-                "dropout is active, and that the observation normalizer did not change "
-                "during the rollout."
+                f"(relative to max(1, |log p|); tolerance {self.sampler_check_tol:g}) on the "
+                "same samples with the same weights: sampling and likelihood disagree. Check "
+                "that both use THE time grid (flowrl.flow.time_grid) with the same K and the "
+                "same noise model, that no dropout is active, and that the observation "
+                "normalizer did not change during the rollout."
             )
         return error
 
@@ -767,13 +773,7 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
         elif self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         cov = covariance_terms(terms.log_prob, advantages)
-        pg_loss, selected = self._surrogate(
-            self._column_advantages(advantages, log_ratio, terms.advantage_weights),
-            ratio,
-            log_ratio,
-            clip_range,
-            cov,
-        )
+        pg_loss, selected = self._policy_loss(terms, advantages, ratio, log_ratio, clip_range, cov)
         entropy_loss = -terms.entropy.mean()
         losses = dict(terms.losses)
         losses["bc"] = (
@@ -798,6 +798,32 @@ class OnPolicyCore(FlowLearner, OnPolicyAlgorithm):
             stats[name].append(value.item())
             actor_loss = actor_loss + coef * value
         return actor_loss, terms.values, approx_kl, ratio.detach()
+
+    def _policy_loss(
+        self,
+        terms: PolicyTerms,
+        advantages: Tensor,
+        ratio: Tensor,
+        log_ratio: Tensor,
+        clip_range: float,
+        cov: Tensor,
+    ) -> tuple[Tensor, float]:
+        """The policy loss of a minibatch from its normalized advantages (M,).
+
+        PPO's clipped surrogate on the learner's ratio (:meth:`_surrogate`); a learner whose
+        paper trains without a ratio (NFT's forward-process loss) overrides this alone and
+        keeps the ratio as a diagnostic (the first-minibatch check, the KL stop, logging).
+
+        Returns:
+            ``(loss (), share of the minibatch entropy control acted on)``.
+        """
+        return self._surrogate(
+            self._column_advantages(advantages, log_ratio, terms.advantage_weights),
+            ratio,
+            log_ratio,
+            clip_range,
+            cov,
+        )
 
     def _column_advantages(
         self, advantages: Tensor, log_ratio: Tensor, weights: Tensor | None

@@ -102,7 +102,7 @@ class PolicyFlow(OnPolicyCore):
             self.ratio_estimator,
             obs.shape[0],
             self.num_ratio_times,
-            self.policy.num_steps,
+            self.policy.grid,
             device=obs.device,
             dtype=self.policy.dtype,
         )

@@ -1,14 +1,25 @@
 """The flow-matching core: pure tensor maths shared by policies and generators.
 
-* :mod:`~flowrl.flow.times` — THE K-step grid and training-time samplers.
+* :mod:`~flowrl.flow.times` — THE K-step grid (an int K or a :class:`TimeGrid` value) and
+  training-time samplers.
+* :mod:`~flowrl.flow.boss` — BOSS: Bellman-optimal K-step grids and the straightening loss.
 * :mod:`~flowrl.flow.paths` — the linear path, TrigFlow, and the conversions between them.
 * :mod:`~flowrl.flow.integrators` — Euler / midpoint / Heun, the noisy Euler chain and its
   exact log-likelihood.
-* :mod:`~flowrl.flow.losses` — conditional flow matching and shortcut self-consistency.
+* :mod:`~flowrl.flow.losses` — conditional flow matching, shortcut self-consistency and
+  DiffusionNFT's negative-aware loss.
 
 Convention: t ∈ [0, 1], t = 0 is noise and t = 1 is data.
 """
 
+from flowrl.flow.boss import (
+    BossResult,
+    bellman_grid,
+    bellman_path,
+    local_error_costs,
+    reference_trajectory,
+    straightening_loss,
+)
 from flowrl.flow.diffusion import (
     cosine_alpha_bar,
     ddpm_posterior,
@@ -31,7 +42,14 @@ from flowrl.flow.integrators import (
     noisy_euler_transition,
     sample_noisy_chain,
 )
-from flowrl.flow.losses import ShortcutLoss, flow_matching_loss, reduce_batch, shortcut_loss
+from flowrl.flow.losses import (
+    ShortcutLoss,
+    flow_matching_loss,
+    nft_loss,
+    optimality_probability,
+    reduce_batch,
+    shortcut_loss,
+)
 from flowrl.flow.paths import (
     PathSample,
     expand_time,
@@ -50,6 +68,7 @@ from flowrl.flow.paths import (
 from flowrl.flow.times import (
     BetaTime,
     LogitNormalTime,
+    TimeGrid,
     TimeSampler,
     UniformTime,
     make_time_sampler,
@@ -59,12 +78,16 @@ from flowrl.flow.times import (
 __all__ = [
     "METHODS",
     "BetaTime",
+    "BossResult",
     "LogitNormalTime",
     "NoisyChain",
     "PathSample",
     "ShortcutLoss",
+    "TimeGrid",
     "TimeSampler",
     "UniformTime",
+    "bellman_grid",
+    "bellman_path",
     "cosine_alpha_bar",
     "ddpm_posterior",
     "ddpm_schedule",
@@ -75,6 +98,8 @@ __all__ = [
     "euler_step",
     "expand_time",
     "flow_matching_loss",
+    "nft_loss",
+    "optimality_probability",
     "gaussian_entropy",
     "gaussian_log_prob",
     "heun_step",
@@ -84,13 +109,16 @@ __all__ = [
     "linear_to_trig_position",
     "linear_to_trig_time",
     "linear_to_trig_velocity",
+    "local_error_costs",
     "make_time_sampler",
     "midpoint_step",
     "noisy_chain_log_prob",
     "noisy_euler_transition",
     "reduce_batch",
+    "reference_trajectory",
     "sample_noisy_chain",
     "shortcut_loss",
+    "straightening_loss",
     "time_grid",
     "trig_interpolate",
     "trig_scale",

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from flowrl.flow.paths import expand_time
-from flowrl.flow.times import time_grid
+from flowrl.flow.times import Steps, num_steps_of, time_grid
 
 __all__ = [
     "COSINE_OFFSET",
@@ -66,7 +66,7 @@ def cosine_alpha_bar(t: Tensor, offset: float = COSINE_OFFSET) -> Tensor:
 
 
 def ddpm_schedule(
-    num_steps: int,
+    num_steps: Steps,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -80,8 +80,11 @@ def ddpm_schedule(
     and its data prediction stays finite. This is the official DPPO schedule on K levels
     (``cosine_beta_schedule(K)``), read in flowrl's time.
 
+    On a non-uniform :class:`~flowrl.flow.times.TimeGrid` the same rule reads ᾱ at its knots
+    (DDIM's sub-sequence of levels), so BOSS grids work here too.
+
     Args:
-        num_steps: K ≥ 1.
+        num_steps: K ≥ 1 or a :class:`~flowrl.flow.times.TimeGrid`.
         device: Device of the returned tensors.
         dtype: Floating dtype (computed in float64, then cast).
         max_beta: The largest β of a step, in (0, 1).
@@ -166,7 +169,7 @@ def denoising_step(
 def diffusion_sample(
     eps_fn: EpsilonFn,
     x0: Tensor,
-    num_steps: int,
+    num_steps: Steps,
     *,
     eta: float = 1.0,
     clip: float | None = 1.0,
@@ -180,7 +183,7 @@ def diffusion_sample(
     Args:
         eps_fn: The noise predictor.
         x0: The chain start at t = 0, shape (B, ...), typically standard normal.
-        num_steps: K ≥ 1.
+        num_steps: K ≥ 1 or a :class:`~flowrl.flow.times.TimeGrid`.
         eta: DDIM's η.
         clip: Bound of |x̂1| in every step.
         generator: RNG for the injected noise.
@@ -191,7 +194,7 @@ def diffusion_sample(
     t, _ = time_grid(num_steps, device=x0.device, dtype=x0.dtype)
     start, end = ddpm_schedule(num_steps, device=x0.device, dtype=x0.dtype)
     x = x0
-    for k in range(num_steps):
+    for k in range(num_steps_of(num_steps)):
         eps = eps_fn(t[k].expand(x.shape[0]), x)
         mean, sigma, _ = denoising_step(x, eps, start[k], end[k], eta=eta, clip=clip)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from flowrl.flow.paths import expand_time
-from flowrl.flow.times import time_grid
+from flowrl.flow.times import Steps, num_steps_of, time_grid
 
 __all__ = [
     "METHODS",
@@ -114,7 +114,7 @@ _STEPS: dict[str, Callable[[VelocityFn, Tensor, Tensor, Tensor], Tensor]] = {
 def integrate(
     velocity: VelocityFn,
     x0: Tensor,
-    num_steps: int,
+    num_steps: Steps,
     method: Method = "euler",
     *,
     return_trajectory: bool = False,
@@ -124,7 +124,7 @@ def integrate(
     Args:
         velocity: Velocity field.
         x0: Initial state at t = 0, shape (B, ...).
-        num_steps: K ≥ 1.
+        num_steps: K ≥ 1 (the uniform grid) or a :class:`~flowrl.flow.times.TimeGrid`.
         method: ``"euler"`` (1 evaluation a step), ``"midpoint"`` or ``"heun"`` (2 each).
         return_trajectory: Also return every intermediate state.
 
@@ -224,7 +224,7 @@ def sample_noisy_chain(
     velocity: VelocityFn,
     std: StdFn | Tensor,
     x0: Tensor,
-    num_steps: int,
+    num_steps: Steps,
     *,
     include_initial: bool = True,
     generator: torch.Generator | None = None,
@@ -238,7 +238,7 @@ def sample_noisy_chain(
             does not depend on the state (ReinFlow's σ_φ(t, o)), the K stds precomputed in
             one call, shape (K, B, ...) (or broadcastable to it).
         x0: a⁰, shape (B, ...), typically standard normal.
-        num_steps: K ≥ 1.
+        num_steps: K ≥ 1 (the uniform grid) or a :class:`~flowrl.flow.times.TimeGrid`.
         include_initial: Add log N(a⁰; 0, I) to the log-likelihood.
         generator: RNG for the injected noise (when ``noise`` is not given).
         noise: The K standard-normal draws ε_k, shape (K, B, ...); drawn in one call from
@@ -252,6 +252,7 @@ def sample_noisy_chain(
         ValueError: If ``noise`` or a tensor ``std`` does not fit (K, B, ...).
     """
     ts, dts = time_grid(num_steps, device=x0.device, dtype=x0.dtype)
+    num_steps = num_steps_of(num_steps)
     steps_shape = (num_steps, *x0.shape)
     if noise is None:
         noise = torch.randn(steps_shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -296,6 +297,7 @@ def noisy_chain_log_prob(
     *,
     include_initial: bool = True,
     fused: bool = False,
+    steps: Steps | None = None,
 ) -> Tensor:
     """Exact log-likelihood of a given noisy Euler chain under (velocity, std).
 
@@ -314,14 +316,28 @@ def noisy_chain_log_prob(
             one large call replaces K small ones (a 256-wide MLP on B = 64: 20 % faster per
             PPO minibatch, measured). The fields must then accept K·B rows, e.g. with their
             conditioning repeated K times (``cond.repeat(K, 1)``).
+        steps: The grid the chain was sampled on: an int K or a
+            :class:`~flowrl.flow.times.TimeGrid` (None: the uniform grid with K read from
+            the chain). Pass the sampler's grid: scoring on another grid than the one that
+            sampled breaks the ratio-1 invariant.
 
     Returns:
         Log-likelihood, shape (B,).
+
+    Raises:
+        ValueError: For a chain of the wrong rank, or one whose K differs from ``steps``'.
     """
     if chain.dim() < 3:
         raise ValueError(f"chain must have shape (B, K+1, ...), got {tuple(chain.shape)}")
     batch, num_steps = chain.shape[0], chain.shape[1] - 1
-    ts, dts = time_grid(num_steps, device=chain.device, dtype=chain.dtype)
+    if steps is None:
+        steps = num_steps
+    elif num_steps_of(steps) != num_steps:
+        raise ValueError(
+            f"the chain has K = {num_steps} steps (shape {tuple(chain.shape)}) but the grid "
+            f"steps={steps!r} has K = {num_steps_of(steps)}"
+        )
+    ts, dts = time_grid(steps, device=chain.device, dtype=chain.dtype)
     log_prob = (
         _initial_log_prob(chain[:, 0])
         if include_initial

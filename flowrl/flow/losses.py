@@ -1,4 +1,4 @@
-"""Flow-matching losses: conditional flow matching and shortcut self-consistency.
+"""Flow-matching losses: conditional flow matching, shortcut self-consistency, DiffusionNFT.
 
 Reductions are explicit: per-sample losses are the mean squared error over the feature
 dimensions of one sample (so their scale does not grow with the action or image size),
@@ -24,6 +24,8 @@ __all__ = [
     "ShortcutLoss",
     "ShortcutVelocityFn",
     "flow_matching_loss",
+    "nft_loss",
+    "optimality_probability",
     "reduce_batch",
     "shortcut_loss",
 ]
@@ -185,3 +187,109 @@ def shortcut_loss(
         flow_matching=per_sample[:n_fm].mean().detach() if n_fm else zero,
         self_consistency=per_sample[n_fm:].mean().detach() if n_boot else zero,
     )
+
+
+# ---------------------------------------------------------------------- DiffusionNFT
+
+
+def optimality_probability(advantages: Tensor, clip_max: float = 1.0) -> Tensor:
+    """DiffusionNFT's optimality probability r ∈ [0, 1] of each sample from its advantage.
+
+    r = clip(A, −c, c) / (2c) + 1/2 with c = ``clip_max``: a sample at the baseline has
+    r = 1/2 (no push either way), a sample c or more above it is purely positive (r = 1), c
+    or more below purely negative (r = 0). Zheng et al. 2025 (arXiv 2509.16117) map rewards
+    normalized within a group of samples of one prompt this way.
+
+    Args:
+        advantages: Normalized advantages A, any shape.
+        clip_max: c > 0.
+
+    Returns:
+        r, the shape of ``advantages``.
+
+    Raises:
+        ValueError: If ``clip_max`` is not a positive finite number.
+    """
+    if not (math.isfinite(clip_max) and clip_max > 0):
+        raise ValueError(f"clip_max must be a positive finite number, got {clip_max}")
+    return advantages.clamp(-clip_max, clip_max) / (2.0 * clip_max) + 0.5
+
+
+def nft_loss(
+    velocity: Tensor,
+    old_velocity: Tensor,
+    target: Tensor,
+    optimality: Tensor,
+    *,
+    beta: float = 1.0,
+    scale: Tensor | None = None,
+    adaptive: bool = False,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """DiffusionNFT's negative-aware flow-matching loss (Zheng et al. 2025, arXiv 2509.16117).
+
+    From the trained velocity v_θ and the sampling ("old") policy's v_old at the same noisy
+    points x_t (any forward-process draw; no sampler, no likelihood), build the implicit
+    positive and negative policies
+
+        v⁺ = (1 − β)·v_old + β·v_θ,      v⁻ = (1 + β)·v_old − β·v_θ,
+
+    and fit v⁺ to the flow-matching target u = x1 − ε on samples in proportion to their
+    optimality probability r, v⁻ on the rest:
+
+        ℓ = [ r·‖s·(v⁺ − u)‖² + (1 − r)·‖s·(v⁻ − u)‖² ] / β      (mean over feature dims).
+
+    Written with e = v_old − u and d = v_θ − v_old, ℓ·β = ‖e‖² + β²‖d‖² + 2β(2r − 1)⟨e, d⟩:
+    its gradient at v_θ = v_old is an advantage-signed flow-matching gradient (towards the
+    data for r > 1/2, away for r < 1/2), and β²‖d‖² holds v_θ near v_old, so β is the step's
+    trust region (small β: large steps). Its minimizer is v_old + (2r − 1)(u − v_old)/β,
+    averaged over the samples that reach x_t.
+
+    Args:
+        velocity: v_θ(x_t, t), shape (B, ...), with gradient.
+        old_velocity: v_old(x_t, t), shape (B, ...) (detached here).
+        target: u = x1 − ε, shape (B, ...).
+        optimality: r ∈ [0, 1] per sample, shape (B,) (:func:`optimality_probability`).
+        beta: β > 0.
+        scale: Per-sample factor s of the residuals, broadcastable to (B, ...) (e.g.
+            ``1 − t``: the residual of the data prediction x̂1 = x_t + (1 − t)·v, the
+            paper's parameterization); None: 1 (the velocity residual).
+        adaptive: Divide each branch's squared error by the detached mean absolute error of
+            that sample (the paper's adaptive weighting, which balances noise levels).
+        reduction: Batch reduction, see :func:`reduce_batch`.
+
+    Returns:
+        The loss.
+
+    Raises:
+        ValueError: For shapes that do not match, β ≤ 0, or r outside [0, 1].
+    """
+    if velocity.shape != old_velocity.shape or velocity.shape != target.shape:
+        raise ValueError(
+            f"velocity {tuple(velocity.shape)}, old_velocity {tuple(old_velocity.shape)} and "
+            f"target {tuple(target.shape)} must have one shape"
+        )
+    if optimality.shape != velocity.shape[:1]:
+        raise ValueError(
+            f"optimality must have shape ({velocity.shape[0]},), one r per sample, got "
+            f"{tuple(optimality.shape)}"
+        )
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a positive finite number, got {beta}")
+    if bool(((optimality < 0) | (optimality > 1)).any()):
+        raise ValueError("optimality probabilities r must lie in [0, 1]")
+    old = old_velocity.detach()
+    positive = (1.0 - beta) * old + beta * velocity - target
+    negative = (1.0 + beta) * old - beta * velocity - target
+    if scale is not None:
+        positive, negative = scale * positive, scale * negative
+
+    def branch(residual: Tensor) -> Tensor:
+        err = residual.square().flatten(1).mean(dim=1)
+        if adaptive:
+            err = err / residual.detach().abs().flatten(1).mean(dim=1).clamp_min(1e-5)
+        return err
+
+    r = optimality.to(positive.dtype)
+    per_sample = (r * branch(positive) + (1.0 - r) * branch(negative)) / beta
+    return reduce_batch(per_sample, reduction)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from flowrl.flow.integrators import gaussian_log_prob
 from flowrl.flow.paths import expand_time, linear_interpolate
-from flowrl.flow.times import time_grid
+from flowrl.flow.times import Steps, num_steps_of, time_grid
 
 __all__ = [
     "RATIO_ESTIMATORS",
@@ -57,7 +57,7 @@ def ratio_times(
     estimator: RatioEstimator,
     batch: int,
     num_times: int,
-    num_steps: int,
+    num_steps: Steps,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -70,7 +70,7 @@ def ratio_times(
             (J = K: the grid times t_k, the same for every row; nothing is drawn).
         batch: B.
         num_times: J for ``"paper"``.
-        num_steps: K for ``"grid"``.
+        num_steps: K for ``"grid"``, or the policy's :class:`~flowrl.flow.times.TimeGrid`.
         device: Device of the result.
         dtype: Floating dtype of the result.
         generator: RNG for ``"paper"``.
@@ -80,7 +80,7 @@ def ratio_times(
     """
     if estimator == "grid":
         t, _ = time_grid(num_steps, device=device, dtype=dtype)
-        return t.expand(batch, num_steps).clone()
+        return t.expand(batch, num_steps_of(num_steps)).clone()
     if estimator != "paper":
         raise ValueError(f"unknown ratio estimator {estimator!r}; choose one of {RATIO_ESTIMATORS}")
     if isinstance(num_times, bool) or not isinstance(num_times, int) or num_times < 1:

@@ -28,6 +28,7 @@ predict the data, and x0_G is pulled along (x̂_fake − x̂_real)/mean|x0_G −
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,7 +44,7 @@ from flowrl.flow.paths import (
     trig_to_linear_position,
     trig_to_linear_time,
 )
-from flowrl.flow.times import time_grid
+from flowrl.flow.times import TimeGrid, time_grid
 from flowrl.nets import MLP, SinusoidalEmbedding
 
 __all__ = [
@@ -55,6 +56,11 @@ __all__ = [
     "data_prediction",
     "dmd_loss",
     "fake_score_loss",
+    "gft_betas",
+    "gft_loss",
+    "gft_sample",
+    "gft_velocity",
+    "guidance_to_beta",
     "guided_velocity",
     "sample_trig_times",
     "scd_loss",
@@ -129,7 +135,7 @@ def teacher_sample(
     net: nn.Module,
     noise: Tensor,
     y: Tensor | None = None,
-    num_steps: int = 32,
+    num_steps: int | TimeGrid = 32,
     method: str = "euler",
     guidance: float = 1.0,
 ) -> Tensor:
@@ -139,7 +145,7 @@ def teacher_sample(
         net: Velocity network.
         noise: Starting points ε ~ N(0, I), shape (B, ...).
         y: Labels (B,) or None.
-        num_steps: K.
+        num_steps: K, or a :class:`~flowrl.flow.times.TimeGrid` (e.g. a BOSS grid).
         method: ``"euler"``, ``"midpoint"`` or ``"heun"``.
         guidance: Classifier-free guidance scale w.
 
@@ -218,7 +224,7 @@ def consistency_sample(
     model: TrigFlowWrapper,
     noise: Tensor,
     y: Tensor | None = None,
-    num_steps: int = 1,
+    num_steps: int | TimeGrid = 1,
     generator: torch.Generator | None = None,
     grad_last_only: bool = False,
 ) -> Tensor:
@@ -231,7 +237,8 @@ def consistency_sample(
         model: Student F.
         noise: z ~ N(0, I), shape (B, ...).
         y: Labels (B,) or None.
-        num_steps: K ≥ 1.
+        num_steps: K ≥ 1, or a :class:`~flowrl.flow.times.TimeGrid` (its knots τ_k are the
+            angles' times).
         generator: RNG for the re-noising draws.
         grad_last_only: Build a graph through the final step only (rCM's DMD term).
 
@@ -242,7 +249,7 @@ def consistency_sample(
     angles = linear_to_trig_time(t_grid, model.sigma_d)
     x0 = noise
     for k, s in enumerate(angles):
-        last = k == num_steps - 1
+        last = k == len(angles) - 1
         with torch.set_grad_enabled(torch.is_grad_enabled() and (last or not grad_last_only)):
             if k == 0:
                 x_s = model.sigma_d * noise
@@ -403,3 +410,149 @@ def fake_score_loss(
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Tangent warm-up r = min(1, step / warmup_steps) (1 when warmup_steps ≤ 0)."""
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+# ---------------------------------------------------------------------- guidance-free training
+
+
+def _require_guidance_input(net: nn.Module, what: str) -> None:
+    if not getattr(net, "guidance_input", False):
+        raise ValueError(
+            f"{what} needs a network with a guidance input (net(x, t, y, beta)): build it "
+            "with guidance_input=True, or convert a trained CFG net with "
+            "flowrl.generative.models.with_guidance_input"
+        )
+
+
+def guidance_to_beta(guidance: float) -> float:
+    """GFT's β = 1/w for a guidance scale w ≥ 1 (w = 1: β = 1, the conditional model).
+
+    Raises:
+        ValueError: If w is not a finite number ≥ 1.
+    """
+    try:
+        w = float(guidance)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance must be a number >= 1, got {guidance!r}") from None
+    if not math.isfinite(w) or w < 1.0:
+        raise ValueError(
+            f"guidance must be a finite number >= 1 (GFT's beta = 1/guidance in (0, 1]), "
+            f"got {guidance!r}"
+        )
+    return 1.0 / w
+
+
+def gft_betas(
+    n: int,
+    beta_range: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample training guidance strengths β ~ U(beta_range) (GFT: U(0, 1)), shape (n,)."""
+    low, high = beta_range
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def gft_velocity(
+    net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None, beta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """GFT's sampling-model output and implicit conditional velocity at (x, t).
+
+    ``v_s = net(x, t, y, β)`` (the sampling model, with gradient) and the implicit
+    conditional model ``v_c = β·v_s + (1 − β)·sg[v_u]``, where ``v_u = net(x, t, ∅, 1)`` is
+    the unconditional model, evaluated without gradient (the stop-gradient of GFT).
+
+    Shapes:
+        x (B, ...), t (B,), y (B,) (null class allowed), beta (B,) → two tensors like x.
+    """
+    v_s = net(x, t, y, beta)
+    if bool((beta == 1).all()):
+        return v_s, v_s  # (1 − β) = 0: the unconditional term vanishes
+    with torch.no_grad():
+        null = None if y is None else torch.full_like(y, net.null_class)  # None: null class
+        v_u = net(x, t, null, torch.ones_like(beta))
+    b = expand_time(beta.to(x.dtype), x)
+    return v_s, b * v_s + (1 - b) * v_u
+
+
+def gft_loss(
+    net: nn.Module,
+    x1: Tensor,
+    y: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    beta: Tensor,
+    p_uncond: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Guidance-Free Training loss (Chen et al. 2025, arXiv 2501.15420), velocity form.
+
+    The conditional velocity is parameterised implicitly through the sampling model
+    ``v_s(x, t, y, β)`` and the unconditional model ``v_u(x, t) = v_s(x, t, ∅, 1)``:
+
+        v_c(x, t, y) = β·v_s(x, t, y, β) + (1 − β)·sg[v_u(x, t)],
+
+    and trained with CFG's own objective, conditional flow matching ‖v_c − (x1 − ε)‖². A
+    fraction ``p_uncond`` of the labels is dropped to the null class (drawn from
+    ``generator`` exactly as :func:`teacher_loss` draws it) and those rows get β = 1, so
+    they train ``v_u`` itself with the ordinary loss. At sampling time
+    ``v_s(x, t, y, β) = v_u + (1/β)·(v_c − v_u)`` is CFG with w = 1/β, in one call.
+
+    With β = 1 everywhere this is :func:`teacher_loss` of the conditional model
+    ``net(·, ·, ·, 1)`` (same value, same gradient).
+
+    Args:
+        net: Network with a guidance input, ``net(x_t, t, y, beta)``.
+        x1: Data, shape (B, ...).
+        y: Labels (B,).
+        t: Times (B,) from a time sampler.
+        noise: ε ~ N(0, I), shape of x1.
+        beta: Guidance strengths (B,) in [0, 1] (:func:`gft_betas`).
+        p_uncond: Probability of dropping a label to the null class.
+        generator: RNG of the dropout.
+
+    Returns:
+        Scalar batch-mean loss (:func:`flowrl.flow.losses.flow_matching_loss`).
+
+    Raises:
+        ValueError: If the net has no guidance input, y is None, or beta has another shape
+            or values outside [0, 1].
+    """
+    _require_guidance_input(net, "gft_loss")
+    if y is None:
+        raise ValueError("gft_loss needs class labels y (guidance is defined for conditionals)")
+    if beta.shape != (len(x1),):
+        raise ValueError(f"beta must have shape ({len(x1)},), got {tuple(beta.shape)}")
+    if not bool(((beta >= 0) & (beta <= 1)).all()):
+        raise ValueError("beta must lie in [0, 1]")
+    labels = cfg_dropout(net, y, p_uncond, generator)
+    beta = torch.where(labels == net.null_class, torch.ones_like(beta), beta)
+    return flow_matching_loss(
+        lambda tt, xt: gft_velocity(net, xt, tt, labels, beta)[1], x1, t, noise
+    )
+
+
+def gft_sample(
+    net: nn.Module,
+    noise: Tensor,
+    y: Tensor | None = None,
+    num_steps: int = 32,
+    method: str = "euler",
+    guidance: float = 1.0,
+) -> Tensor:
+    """Integrate a GFT sampling model at guidance w (β = 1/w): ONE network call per Euler step.
+
+    Same grid and integrators as :func:`teacher_sample`; ``y=None`` samples the
+    unconditional model (w must then be 1).
+
+    Raises:
+        ValueError: If the net has no guidance input, w is not a finite number ≥ 1, or w ≠ 1
+            without labels.
+    """
+    _require_guidance_input(net, "gft_sample")
+    beta_value = guidance_to_beta(guidance)
+    if y is None and beta_value != 1.0:
+        raise ValueError("guidance > 1 needs class labels y")
+    if method not in METHODS:
+        raise ValueError(f"unknown integrator {method!r}; choose one of {METHODS}")
+    beta = torch.full((noise.shape[0],), beta_value, dtype=noise.dtype, device=noise.device)
+    return integrate(lambda t, x: net(x, t, y, beta), noise, num_steps, method)  # type: ignore[arg-type]

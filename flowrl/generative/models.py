@@ -6,6 +6,14 @@ t (B,) a scalar time (the linear path's t for flow-matching teachers; the wrappe
 class labels or None. Class-conditional nets reserve the index ``num_classes`` as the null
 class that classifier-free guidance drops labels to.
 
+Built with a guidance input (``DiTConfig.guidance_input`` / ``MLPGenerator(guidance_input=
+True)``) a net also takes ``beta`` (B,), the guidance strength of Guidance-Free Training
+(GFT, Chen et al. 2025, arXiv 2501.15420): β = 1/w ∈ (0, 1], β = 1 the plain conditional
+model, ``beta=None`` meaning β = 1. Its embedding is added to the conditioning and starts at
+zero, so :func:`with_guidance_input` turns a trained net into one whose outputs are unchanged
+at every β until GFT training moves them. Nets without the input are exactly as before (same
+parameters, same checkpoints) and refuse a ``beta``.
+
 Everything here is built from ordinary modules and :func:`flowrl.kernels.jvp_attention`, so
 ``torch.func.jvp`` runs through a whole network (continuous-time consistency training needs
 it) with linear-memory attention.
@@ -14,7 +22,7 @@ it) with linear-memory attention.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +30,15 @@ from torch import Tensor, nn
 from flowrl.kernels import JVPAttention
 from flowrl.nets import SinusoidalEmbedding, VelocityMLP, zero_init_
 
-__all__ = ["DiT", "DiTConfig", "MLPGenerator", "patchify", "unpatchify"]
+__all__ = [
+    "DiT",
+    "DiTConfig",
+    "MLPGenerator",
+    "has_guidance_input",
+    "patchify",
+    "unpatchify",
+    "with_guidance_input",
+]
 
 
 # ---------------------------------------------------------------------- patches
@@ -97,6 +113,8 @@ class DiTConfig:
         time_max_frequency: Highest angular frequency of the time embedding.
         learned_positions: Learned position embeddings instead of fixed sinusoids.
         attention_backend: ``flowrl.kernels`` backend (``"auto"``, ``"reference"``, …).
+        guidance_input: Also take GFT's guidance strength β (B,) in (0, 1] as an input
+            (a zero-initialised embedding added to the conditioning); needs classes.
     """
 
     sample_shape: tuple[int, ...]
@@ -110,6 +128,7 @@ class DiTConfig:
     time_max_frequency: float = 100.0
     learned_positions: bool = False
     attention_backend: str = "auto"
+    guidance_input: bool = False
 
     def __post_init__(self) -> None:
         self.sample_shape, self.patch = tuple(self.sample_shape), tuple(self.patch)
@@ -122,6 +141,8 @@ class DiTConfig:
             raise ValueError(f"sample dims {self.sample_shape[1:]} not divisible by {self.patch}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.guidance_input and not self.num_classes:
+            raise ValueError("guidance_input needs a class-conditional DiT (num_classes > 0)")
 
 
 class DiTBlock(nn.Module):
@@ -153,7 +174,8 @@ class DiT(nn.Module):
         config: Architecture, see :class:`DiTConfig`.
 
     Shapes:
-        x (B, *sample_shape), t (B,), y (B,) int64 or None → (B, *sample_shape).
+        x (B, *sample_shape), t (B,), y (B,) int64 or None, beta (B,) or None (only with
+        ``guidance_input``) → (B, *sample_shape).
     """
 
     def __init__(self, config: DiTConfig):
@@ -180,6 +202,12 @@ class DiT(nn.Module):
         self.class_embedding = (
             nn.Embedding(config.num_classes + 1, config.width) if config.num_classes else None
         )
+        # GFT's guidance strength β: zero at initialisation (see with_guidance_input).
+        self.guidance_embedding = (
+            _guidance_embedding(config.time_dim, config.width, config.time_max_frequency)
+            if config.guidance_input
+            else None
+        )
         self.blocks = nn.ModuleList(
             DiTBlock(config.width, config.heads, config.mlp_ratio, config.attention_backend)
             for _ in range(config.depth)
@@ -195,8 +223,13 @@ class DiT(nn.Module):
         """The label index meaning "no class" (classifier-free guidance)."""
         return self.config.num_classes
 
-    def condition(self, t: Tensor, y: Tensor | None) -> Tensor:
-        """Conditioning vector c (B, width) from times and labels (None = null class)."""
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the net takes GFT's guidance strength β."""
+        return self.guidance_embedding is not None
+
+    def condition(self, t: Tensor, y: Tensor | None, beta: Tensor | None = None) -> Tensor:
+        """Conditioning vector c (B, width) from times, labels (None = null class) and β."""
         c = self.time_mlp(self.time_embedding(t))
         if self.class_embedding is not None:
             if y is None:
@@ -204,15 +237,21 @@ class DiT(nn.Module):
             c = c + self.class_embedding(y)
         elif y is not None:
             raise ValueError("this DiT is unconditional (num_classes=0): pass y=None")
-        return c
+        return _add_guidance(self.guidance_embedding, c, beta)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """Predict the network output (velocity or TrigFlow F) for samples x at times t."""
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, beta: Tensor | None = None
+    ) -> Tensor:
+        """Predict the network output (velocity or TrigFlow F) for samples x at times t.
+
+        ``beta`` (B,): GFT's guidance strength, only for nets built with ``guidance_input``
+        (None there means β = 1, the conditional model).
+        """
         if tuple(x.shape[1:]) != self.config.sample_shape:
             raise ValueError(
                 f"x must have shape (B, {self.config.sample_shape}), got {tuple(x.shape)}"
             )
-        c = self.condition(t, y)
+        c = self.condition(t, y, beta)
         tokens = self.embed(patchify(x, self.config.patch)) + self.positions
         for block in self.blocks:
             tokens = block(tokens, c)
@@ -237,9 +276,11 @@ class MLPGenerator(nn.Module):
         depth: Residual blocks.
         num_classes: Classes (0: unconditional); index ``num_classes`` is null.
         time_max_frequency: Highest angular frequency of the time embedding.
+        guidance_input: Also take GFT's guidance strength β (B,) in (0, 1] (a
+            zero-initialised embedding added to the class embedding); needs classes.
 
     Shapes:
-        x (B, dim), t (B,), y (B,) or None → (B, dim).
+        x (B, dim), t (B,), y (B,) or None, beta (B,) or None → (B, dim).
     """
 
     def __init__(
@@ -249,10 +290,26 @@ class MLPGenerator(nn.Module):
         depth: int = 3,
         num_classes: int = 0,
         time_max_frequency: float = 32.0,
+        guidance_input: bool = False,
     ):
         super().__init__()
+        if guidance_input and not num_classes:
+            raise ValueError(
+                "guidance_input needs a class-conditional MLPGenerator (num_classes > 0)"
+            )
         self.dim, self.num_classes = dim, num_classes
+        self.arguments = {
+            "dim": dim,
+            "width": width,
+            "depth": depth,
+            "num_classes": num_classes,
+            "time_max_frequency": time_max_frequency,
+            "guidance_input": guidance_input,
+        }
         self.class_embedding = nn.Embedding(num_classes + 1, 32) if num_classes else None
+        self.guidance_embedding = (
+            _guidance_embedding(32, 32, time_max_frequency) if guidance_input else None
+        )
         self.net = VelocityMLP(
             dim,
             cond_dim=32 if num_classes else 0,
@@ -266,13 +323,89 @@ class MLPGenerator(nn.Module):
         """The label index meaning "no class"."""
         return self.num_classes
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """Network output for samples x (B, dim) at times t (B,)."""
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the net takes GFT's guidance strength β."""
+        return self.guidance_embedding is not None
+
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, beta: Tensor | None = None
+    ) -> Tensor:
+        """Network output for samples x (B, dim) at times t (B,) (β: see :class:`DiT`)."""
         cond = None
         if self.class_embedding is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            cond = self.class_embedding(y)
+            cond = _add_guidance(self.guidance_embedding, self.class_embedding(y), beta)
         elif y is not None:
             raise ValueError("this generator is unconditional (num_classes=0): pass y=None")
+        elif beta is not None:
+            raise ValueError("this generator has no guidance input: pass beta=None")
         return self.net(t, x, cond)
+
+
+# ---------------------------------------------------------------------- guidance input (GFT)
+
+
+def _guidance_embedding(embed_dim: int, width: int, max_frequency: float) -> nn.Sequential:
+    """β (B,) → (B, width): sinusoids, an MLP, a zero-initialised last layer."""
+    return nn.Sequential(
+        SinusoidalEmbedding(embed_dim, max_frequency=max_frequency),
+        nn.Linear(embed_dim, width),
+        nn.SiLU(),
+        zero_init_(nn.Linear(width, width)),
+    )
+
+
+def _add_guidance(embedding: nn.Module | None, c: Tensor, beta: Tensor | None) -> Tensor:
+    """Add embedding(β) to c (β = 1 when None); a net without the input refuses a β."""
+    if embedding is None:
+        if beta is not None:
+            raise ValueError(
+                "this network has no guidance input: pass beta=None, or build it with "
+                "guidance_input=True (with_guidance_input converts a trained one)"
+            )
+        return c
+    if beta is None:
+        beta = torch.ones(c.shape[0], device=c.device, dtype=c.dtype)
+    elif beta.shape != (c.shape[0],):
+        raise ValueError(f"beta must have shape ({c.shape[0]},), got {tuple(beta.shape)}")
+    return c + embedding(beta.to(c.dtype))
+
+
+def has_guidance_input(net: nn.Module) -> bool:
+    """Whether ``net`` takes GFT's guidance strength β (``net(x, t, y, beta)``)."""
+    return bool(getattr(net, "guidance_input", False))
+
+
+def with_guidance_input(net: nn.Module) -> nn.Module:
+    """A copy of a trained :class:`DiT` / :class:`MLPGenerator` with a guidance input.
+
+    The copy has ``net``'s weights and a zero-initialised guidance embedding, so its output
+    equals ``net``'s at every β until it is trained (GFT fine-tuning of a CFG model). ``net``
+    itself is not modified. A net that already has the input is copied as it is.
+
+    Raises:
+        ValueError: If ``net`` is neither kind, or is unconditional.
+    """
+    if isinstance(net, DiT):
+        if not net.config.num_classes:
+            raise ValueError("guidance needs a class-conditional DiT (num_classes > 0)")
+        new: nn.Module = DiT(replace(net.config, guidance_input=True))
+    elif isinstance(net, MLPGenerator):
+        if not net.num_classes:
+            raise ValueError("guidance needs a class-conditional MLPGenerator (num_classes > 0)")
+        new = MLPGenerator(**{**net.arguments, "guidance_input": True})
+    else:
+        raise ValueError(
+            f"with_guidance_input takes a DiT or an MLPGenerator, got {type(net).__name__}"
+        )
+    param = next(net.parameters())
+    new = new.to(device=param.device, dtype=param.dtype)
+    if has_guidance_input(net):
+        new.load_state_dict(net.state_dict())
+        return new
+    missing, unexpected = new.load_state_dict(net.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("guidance_embedding.") for key in missing):
+        raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+    return new

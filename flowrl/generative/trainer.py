@@ -9,6 +9,8 @@ and checkpoints it). Checkpoints are read with ``torch.load(weights_only=True)``
 is not one of ours is refused with a ValueError naming it, and nothing in it runs.
 
 * :class:`TeacherTrainer`: conditional flow matching with classifier-free-guidance dropout.
+* :class:`GuidanceFreeTrainer`: Guidance-Free Training (GFT, arXiv 2501.15420) of a net with
+  a guidance input, from scratch or fine-tuning a CFG teacher; samples guided in one call a step.
 * :class:`DistillTrainer`: sCD (``dmd_weight = 0``) or rCM (``dmd_weight > 0``, with a
   fake-score network trained on student samples), from a teacher's EMA weights.
 
@@ -62,12 +64,16 @@ from flowrl.generative.consistency import (
     consistency_sample,
     dmd_loss,
     fake_score_loss,
+    gft_betas,
+    gft_loss,
+    gft_sample,
     sample_trig_times,
     scd_loss,
     teacher_loss,
     teacher_sample,
     warmup_factor,
 )
+from flowrl.generative.models import has_guidance_input, with_guidance_input
 from flowrl.generative.visualize import save_samples, tensorboard_samples
 from flowrl.nets import EMA
 
@@ -75,6 +81,8 @@ __all__ = [
     "DistillConfig",
     "DistillTrainer",
     "GeneratorTrainer",
+    "GuidanceFreeConfig",
+    "GuidanceFreeTrainer",
     "TeacherConfig",
     "TeacherTrainer",
     "TrainerConfig",
@@ -145,6 +153,30 @@ class TeacherConfig(TrainerConfig):
     time_sampler_kwargs: dict[str, float] = field(default_factory=dict)
     sample_steps: int = 32
     guidance: float = 1.0
+
+
+@dataclass
+class GuidanceFreeConfig(TeacherConfig):
+    """A Guidance-Free Training (GFT) sampling model.
+
+    Attributes:
+        beta_range: Training guidance strengths β ~ U(beta_range) per sample (the paper's
+            U(0, 1)); β = 1/w, so (0, 1) covers every guidance scale w ≥ 1.
+        guidance: Guidance scale w of the grids drawn during training.
+    """
+
+    beta_range: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.beta_range = tuple(self.beta_range)  # type: ignore[assignment]
+        low, high = self.beta_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(
+                f"need 0 <= beta_range[0] <= beta_range[1] <= 1, got {self.beta_range}"
+            )
+        if not (math.isfinite(self.guidance) and self.guidance >= 1.0):
+            raise ValueError(f"guidance must be a finite number >= 1, got {self.guidance}")
 
 
 @dataclass
@@ -770,6 +802,100 @@ class TeacherTrainer(GeneratorTrainer):
         cfg: TeacherConfig = self.config  # type: ignore[assignment]
         noise = torch.randn((n, *self.data.shape[1:]))
         return teacher_sample(
+            self.teacher,
+            noise,
+            y,
+            num_steps or cfg.sample_steps,
+            method,
+            cfg.guidance if guidance is None else guidance,
+        )
+
+
+class GuidanceFreeTrainer(TeacherTrainer):
+    """Guidance-Free Training (Chen et al. 2025, arXiv 2501.15420) of a sampling model.
+
+    The net takes the guidance strength β = 1/w as an input (``guidance_input``); the loss
+    is :func:`~flowrl.generative.consistency.gft_loss` (the implicit conditional model
+    β·v_s + (1 − β)·sg[v_u] trained by flow matching, label dropout trains v_u) with β drawn
+    per sample from ``config.beta_range``. :meth:`sample` at guidance w makes one network
+    call per Euler step, where CFG makes two. Checkpoints and resume as for every trainer.
+
+    Args:
+        net: Network with a guidance input (:func:`~flowrl.generative.models.
+            with_guidance_input` converts a trained CFG net; see :meth:`from_teacher`).
+        data: Training samples (N, ...).
+        labels: Labels (N,) (required).
+        config: :class:`GuidanceFreeConfig`.
+        out_dir: Output folder or None.
+
+    Raises:
+        ValueError: If the net has no guidance input or there are no labels.
+    """
+
+    name = "gft"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        data: Tensor,
+        labels: Tensor | None,
+        config: GuidanceFreeConfig | None = None,
+        out_dir: str | os.PathLike | None = None,
+    ):
+        if not has_guidance_input(net):
+            raise ValueError(
+                "GuidanceFreeTrainer needs a net with a guidance input: build it with "
+                "guidance_input=True, or use GuidanceFreeTrainer.from_teacher / "
+                "with_guidance_input(net) to fine-tune a CFG teacher"
+            )
+        if labels is None:
+            raise ValueError("GuidanceFreeTrainer needs class labels (guidance needs classes)")
+        super().__init__(net, data, labels, config or GuidanceFreeConfig(), out_dir)
+
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher: TeacherTrainer | nn.Module,
+        data: Tensor,
+        labels: Tensor | None,
+        config: GuidanceFreeConfig | None = None,
+        out_dir: str | os.PathLike | None = None,
+    ) -> GuidanceFreeTrainer:
+        """GFT fine-tuning of a CFG teacher: its EMA net plus a zero guidance embedding.
+
+        The teacher is not modified; the new trainer's net and EMA start as a copy whose
+        output equals the teacher's at every β (until :meth:`fit` trains it, or resumes
+        from ``out_dir/checkpoint.pt``).
+        """
+        net = teacher.teacher if isinstance(teacher, TeacherTrainer) else teacher
+        return cls(with_guidance_input(net), data, labels, config, out_dir)
+
+    def train_step(self) -> dict[str, float]:
+        """One GFT step."""
+        cfg: GuidanceFreeConfig = self.config  # type: ignore[assignment]
+        x1, y = self.batch()
+        t = self.time_sampler(len(x1), generator=self.generator)
+        beta = gft_betas(len(x1), cfg.beta_range, self.generator).to(x1.dtype)
+        noise = self.randn_like(x1)
+        self.model.train()
+        loss = gft_loss(self.model, x1, y, t, noise, beta, cfg.p_uncond, self.generator)  # type: ignore[arg-type]
+        out = {"loss": float(loss.detach())}
+        out["grad_norm"] = self._apply(loss, list(self.model.parameters()), out)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int | None = None,
+        y: Tensor | None = None,
+        guidance: float | None = None,
+        method: str = "euler",
+    ) -> Tensor:
+        """N samples of the EMA sampling model at guidance w: one network call per step."""
+        cfg: GuidanceFreeConfig = self.config  # type: ignore[assignment]
+        noise = torch.randn((n, *self.data.shape[1:]))
+        return gft_sample(
             self.teacher,
             noise,
             y,

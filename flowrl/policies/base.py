@@ -17,6 +17,7 @@ import copy
 import inspect
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from flowrl.compile import CompiledPaths, check_compile
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.integrators import gaussian_log_prob, integrate
-from flowrl.flow.times import time_grid
+from flowrl.flow.times import Steps, TimeGrid, as_steps, num_steps_of, steps_to_plain, time_grid
 from flowrl.nets.mlp import ACTIVATIONS, MLP
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
@@ -264,8 +265,12 @@ class FlowPolicyBase(BasePolicy):
             policy starts from a copy and keeps a frozen copy as ``reference``; both travel
             in every SB3 checkpoint. It must fit the env (dims, action box) and have finite
             weights (:func:`check_pretrained`).
-        num_steps: K, Euler steps on THE time grid (default: the actor's); for a shortcut
-            actor one of the step counts it was trained for (1, 2, 4, …, M).
+        num_steps: K, Euler steps on THE time grid (default: the actor's), or a
+            :class:`~flowrl.flow.times.TimeGrid` (e.g. a BOSS grid; a knot list, as
+            checkpoints store it, is read as one); for a shortcut actor one of the uniform
+            step counts it was trained for (1, 2, 4, …, M). The grid is kept as
+            :attr:`grid` (what every sampler and likelihood of the policy walks) and its K
+            as :attr:`num_steps` (an int, for shapes).
         initial_std: Standard deviation c of the chain start a⁰ ~ N(0, c²I) in stochastic
             rollouts (0: every chain starts at a⁰ = 0, the deterministic ODE's start).
         value_hidden: Hidden widths of the value network.
@@ -309,7 +314,7 @@ class FlowPolicyBase(BasePolicy):
         lr_schedule: Schedule,
         actor_config: dict[str, Any] | None = None,
         pretrained: FlowActor | str | os.PathLike | None = None,
-        num_steps: int | None = None,
+        num_steps: int | TimeGrid | Sequence[float] | None = None,
         initial_std: float = 0.0,
         value_hidden: tuple[int, ...] | None = None,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -353,9 +358,14 @@ class FlowPolicyBase(BasePolicy):
         self._check_method(self.actor)
         # Frozen copy of the starting flow: the anchor of the W2 regularizer.
         self.reference = copy.deepcopy(self.actor).requires_grad_(False).eval()
-        self.num_steps = num_steps if num_steps is not None else self.actor.config.num_steps
-        time_grid(self.num_steps)  # validates K early
-        self.actor.check_num_steps(self.num_steps)  # a shortcut actor's trained K only
+        #: THE grid of this policy: an int K (uniform) or a TimeGrid; every chain, likelihood
+        #: and ODE of the policy walks it. ``num_steps`` is its K, for shapes and counts.
+        self.grid: Steps = (
+            as_steps(num_steps) if num_steps is not None else self.actor.config.num_steps
+        )
+        self.num_steps = num_steps_of(self.grid)
+        time_grid(self.grid)  # validates the grid early
+        self.actor.check_num_steps(self.grid)  # a shortcut actor's trained uniform K only
         self._build_noise(obs_dim, action_dim)
         self.value_hidden = tuple(value_hidden)
         self.value_act = value_act
@@ -508,7 +518,7 @@ class FlowPolicyBase(BasePolicy):
         data.update(
             lr_schedule=self._dummy_schedule,
             actor_config=config,
-            num_steps=self.num_steps,
+            num_steps=steps_to_plain(self.grid),  # K, or the knots (plain floats)
             initial_std=self.initial_std,
             value_hidden=self.value_hidden,
             value_act=self.value_act,
@@ -587,7 +597,7 @@ class FlowPolicyBase(BasePolicy):
 
     def _endpoint(self, obs_n: Tensor, a0: Tensor) -> Tensor:
         """:meth:`ode_endpoint` for already normalized observations (B, Do)."""
-        return integrate(self.actor.velocity_fn(obs_n, self.num_steps), a0, self.num_steps)
+        return integrate(self.actor.velocity_fn(obs_n, self.grid), a0, self.grid)
 
     def bc_regularizer(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Squared W2 proxy to the frozen pretrained flow, shape (B,).
@@ -609,9 +619,7 @@ class FlowPolicyBase(BasePolicy):
         ours = self._endpoint(obs_n, a0)
         with torch.no_grad():
             ref_obs_n = self.reference.normalize_obs(self._cast(obs))
-            ref = integrate(
-                self.reference.velocity_fn(ref_obs_n, self.num_steps), a0, self.num_steps
-            )
+            ref = integrate(self.reference.velocity_fn(ref_obs_n, self.grid), a0, self.grid)
         return (ours - ref).square().sum(dim=-1)
 
     def to_env_action(self, a_k: Tensor) -> Tensor:

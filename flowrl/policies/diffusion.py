@@ -36,7 +36,7 @@ from flowrl.flow.diffusion import (
     epsilon_loss,
 )
 from flowrl.flow.integrators import VelocityFn, gaussian_entropy, gaussian_log_prob
-from flowrl.flow.times import TimeSampler, UniformTime, time_grid
+from flowrl.flow.times import TimeGrid, TimeSampler, UniformTime, time_grid
 from flowrl.policies.base import (
     FlowPolicyBase,
     check_sigma_bounds,
@@ -290,6 +290,13 @@ class DiffusionPolicy(FlowPolicyBase):
 
     def _build_noise(self, obs_dim: int, action_dim: int) -> None:
         # No noise network: the stds come from the schedule. K is known here.
+        if isinstance(self.grid, TimeGrid) and not self.grid.is_uniform:
+            raise ValueError(
+                f"DiffusionPolicy (DPPO) runs the DDPM schedule on K uniform levels, as DPPO "
+                f"defines it; the non-uniform grid {self.grid!r} (e.g. a BOSS grid of a flow) "
+                "is not supported here: pass an int num_steps, or use a flow policy "
+                "(FlowPolicy) for a BOSS grid"
+            )
         ft = self.num_steps if self._ft_request is None else self._ft_request
         if isinstance(ft, bool) or not isinstance(ft, int) or not 1 <= ft <= self.num_steps:
             raise ValueError(

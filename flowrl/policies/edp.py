@@ -129,7 +129,7 @@ class EDPPolicy(QCritics, FlowPolicyBase):
         if deterministic:
             a0 = torch.zeros_like(a0)
         obs_n = actor.normalize_obs(obs)
-        return integrate(actor.velocity_fn(obs_n, self.num_steps), a0, self.num_steps)
+        return integrate(actor.velocity_fn(obs_n, self.grid), a0, self.grid)
 
     def to_env_action(self, a_k: Tensor) -> Tensor:
         """Chain ends a^K (B, Da) → env actions (clipped into the box)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.integrators import METHODS, VelocityFn, integrate
 from flowrl.flow.losses import flow_matching_loss, shortcut_loss
-from flowrl.flow.times import TimeSampler, UniformTime
+from flowrl.flow.times import Steps, TimeGrid, TimeSampler, UniformTime, as_steps, num_steps_of
 from flowrl.nets.mlp import VelocityMLP
 
 __all__ = ["CHECKPOINT_FORMAT", "FlowActor", "FlowActorConfig"]
@@ -159,18 +159,29 @@ class FlowActor(nn.Module):
         """
         return self.velocity_net(t, x, obs_n if self.config.obs_dim else None, d)
 
-    def check_num_steps(self, num_steps: int) -> None:
-        """Raise unless K = ``num_steps`` is a step count this actor can sample with.
+    def check_num_steps(self, num_steps: Steps) -> None:
+        """Raise unless ``num_steps`` (K, or a TimeGrid) is a grid this actor can sample with.
 
-        Any positive int for a plain flow; for a shortcut actor only the K whose step size
-        1/K it was trained on (:meth:`FlowActorConfig.shortcut_num_steps`): any other K would
-        silently query an untrained step-size input.
+        Any positive int or :class:`~flowrl.flow.times.TimeGrid` for a plain flow; for a
+        shortcut actor only the uniform grids whose step size 1/K it was trained on
+        (:meth:`FlowActorConfig.shortcut_num_steps`): any other K, or a non-uniform grid
+        (e.g. BOSS's), would silently query step sizes it never learned.
 
         Raises:
-            ValueError: If K is not a positive int, or not a trained shortcut step count.
+            ValueError: If K is not a positive int, not a trained shortcut step count, or the
+                grid is non-uniform for a shortcut actor.
         """
+        if isinstance(num_steps, TimeGrid):
+            if self.config.shortcut and not num_steps.is_uniform:
+                raise ValueError(
+                    f"this shortcut actor was trained on uniform steps d = 1/K and cannot "
+                    f"sample on the non-uniform grid {num_steps!r}: its step-size input would "
+                    "be queried at sizes it never learned. Use an int num_steps (uniform "
+                    "grid), or a plain (shortcut=False) flow actor for a BOSS grid"
+                )
+            num_steps = num_steps.num_steps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+            raise ValueError(f"num_steps must be a positive int or a TimeGrid, got {num_steps!r}")
         if self.config.shortcut and num_steps not in self.config.shortcut_num_steps():
             valid = self.config.shortcut_num_steps()
             raise ValueError(
@@ -180,15 +191,15 @@ class FlowActor(nn.Module):
                 f"is not one of them; sample with num_steps in {valid}"
             )
 
-    def velocity_fn(self, obs_n: Tensor, num_steps: int) -> VelocityFn:
+    def velocity_fn(self, obs_n: Tensor, num_steps: Steps) -> VelocityFn:
         """The velocity field ``(t, x) -> v`` that K-step sampling integrates.
 
         Shortcut models are told the step size 1/K they are about to take.
 
         Args:
             obs_n: Normalized observations, shape (B, Do).
-            num_steps: K (for a shortcut actor one of
-                :meth:`FlowActorConfig.shortcut_num_steps`).
+            num_steps: K or a :class:`~flowrl.flow.times.TimeGrid` (for a shortcut actor a
+                uniform grid with K in :meth:`FlowActorConfig.shortcut_num_steps`).
 
         Returns:
             A :data:`~flowrl.flow.integrators.VelocityFn`.
@@ -200,7 +211,7 @@ class FlowActor(nn.Module):
         self.check_num_steps(num_steps)
         if not self.config.shortcut:
             return lambda t, x: self.velocity(t, x, obs_n)
-        d = obs_n.new_full((obs_n.shape[0],), 1.0 / num_steps)
+        d = obs_n.new_full((obs_n.shape[0],), 1.0 / num_steps_of(num_steps))
         return lambda t, x: self.velocity(t, x, obs_n, d)
 
     # ------------------------------------------------------------------ sampling
@@ -208,16 +219,16 @@ class FlowActor(nn.Module):
     def _chain_start(
         self,
         obs: Tensor,
-        num_steps: int | None,
+        num_steps: Steps | None,
         noise: Tensor | None,
         generator: torch.Generator | None,
-    ) -> tuple[int, Tensor, Tensor]:
+    ) -> tuple[Steps, Tensor, Tensor]:
         """K (checked before any random draw), normalized observations and the chain start a⁰.
 
         Raises:
             ValueError: For a K the actor cannot sample with, or ``noise`` of the wrong shape.
         """
-        num_steps = self.config.num_steps if num_steps is None else num_steps
+        num_steps = self.config.num_steps if num_steps is None else as_steps(num_steps)
         self.check_num_steps(num_steps)
         shape = (obs.shape[0], self.config.action_dim)
         if noise is None:
@@ -231,7 +242,7 @@ class FlowActor(nn.Module):
     def sample_normalized(
         self,
         obs: Tensor,
-        num_steps: int | None = None,
+        num_steps: Steps | None = None,
         method: str | None = None,
         *,
         noise: Tensor | None = None,
@@ -241,8 +252,9 @@ class FlowActor(nn.Module):
 
         Args:
             obs: Raw observations, shape (B, Do).
-            num_steps: K (default ``config.num_steps``); for a shortcut actor one of
-                :meth:`FlowActorConfig.shortcut_num_steps`.
+            num_steps: K (default ``config.num_steps``) or a
+                :class:`~flowrl.flow.times.TimeGrid` (e.g. a BOSS grid); for a shortcut actor
+                a uniform K in :meth:`FlowActorConfig.shortcut_num_steps`.
             method: Integrator (default ``config.method``).
             noise: Initial a⁰, shape (B, Da); drawn from N(0, I) if omitted.
             generator: RNG for the initial noise.
@@ -261,7 +273,7 @@ class FlowActor(nn.Module):
     def sample(
         self,
         obs: Tensor,
-        num_steps: int | None = None,
+        num_steps: Steps | None = None,
         method: str | None = None,
         *,
         noise: Tensor | None = None,
@@ -272,7 +284,7 @@ class FlowActor(nn.Module):
 
         Args:
             obs: Raw observations, shape (B, Do).
-            num_steps: K.
+            num_steps: K or a :class:`~flowrl.flow.times.TimeGrid`.
             method: Integrator.
             noise: Initial a⁰, shape (B, Da).
             generator: RNG for the initial noise.

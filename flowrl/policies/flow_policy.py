@@ -122,7 +122,7 @@ class FlowPolicy(FlowPolicyBase):
     def _fields(self, obs: Tensor) -> tuple[Tensor, Any, Any]:
         """Normalized obs and the (velocity, std) fields of the chain conditioned on them."""
         obs_n = self._obs_n(obs)
-        velocity = self.actor.velocity_fn(obs_n, self.num_steps)
+        velocity = self.actor.velocity_fn(obs_n, self.grid)
         return obs_n, velocity, lambda t, x: self.sigma(t, obs_n)
 
     def _draws(self, obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -139,10 +139,10 @@ class FlowPolicy(FlowPolicyBase):
         compiled rollout runs it through ``torch.compile``.
         """
         sampled = sample_noisy_chain(
-            self.actor.velocity_fn(obs_n, self.num_steps),
+            self.actor.velocity_fn(obs_n, self.grid),
             self._sigma_grid(obs_n),
             a0,
-            self.num_steps,
+            self.grid,
             include_initial=False,
             noise=noise,
         )
@@ -181,10 +181,10 @@ class FlowPolicy(FlowPolicyBase):
 
     def _ode_chain(self, obs_n: Tensor) -> Tensor:
         """The noiseless Euler trajectory from a⁰ = 0, shape (B, K+1, Da)."""
-        velocity = self.actor.velocity_fn(obs_n, self.num_steps)
+        velocity = self.actor.velocity_fn(obs_n, self.grid)
         shape = (obs_n.shape[0], self.actor.config.action_dim)
         a0 = torch.zeros(shape, device=obs_n.device, dtype=obs_n.dtype)
-        return integrate(velocity, a0, self.num_steps, "euler", return_trajectory=True)
+        return integrate(velocity, a0, self.grid, "euler", return_trajectory=True)
 
     def step_distribution(self, obs: Tensor, a_k: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Gaussian (mean, std) of transition k → k+1, each (B, Da).
@@ -197,7 +197,7 @@ class FlowPolicy(FlowPolicyBase):
         if not 0 <= k < self.num_steps:
             raise ValueError(f"step k must lie in [0, {self.num_steps}), got {k}")
         _, velocity, std = self._fields(obs)
-        t, dt = time_grid(self.num_steps, device=a_k.device, dtype=a_k.dtype)
+        t, dt = time_grid(self.grid, device=a_k.device, dtype=a_k.dtype)
         return noisy_euler_transition(velocity, std, a_k, t[k], dt[k])
 
     def _check_chain(self, chain: Tensor) -> None:
@@ -243,9 +243,14 @@ class FlowPolicy(FlowPolicyBase):
         """
         sigma = self._sigma_grid(obs_n)
         flat_sigma = sigma.reshape(-1, sigma.shape[-1])
-        velocity = self.actor.velocity_fn(obs_n.repeat(self.num_steps, 1), self.num_steps)
+        velocity = self.actor.velocity_fn(obs_n.repeat(self.num_steps, 1), self.grid)
         log_prob = noisy_chain_log_prob(
-            velocity, lambda t, x: flat_sigma, chain, include_initial=False, fused=True
+            velocity,
+            lambda t, x: flat_sigma,
+            chain,
+            include_initial=False,
+            fused=True,
+            steps=self.grid,
         )
         return log_prob + self._initial_log_prob(chain[:, 0]), sigma
 
@@ -261,7 +266,7 @@ class FlowPolicy(FlowPolicyBase):
 
     def _sigma_grid(self, obs_n: Tensor) -> Tensor:
         """σ_φ(t_k, o) at every grid time, (K, B, Da), from normalized obs in one pass."""
-        t, _ = time_grid(self.num_steps, device=obs_n.device, dtype=obs_n.dtype)
+        t, _ = time_grid(self.grid, device=obs_n.device, dtype=obs_n.dtype)
         batch = obs_n.shape[0]
         sigma = self.sigma(t.repeat_interleave(batch), obs_n.repeat(self.num_steps, 1))
         return sigma.reshape(self.num_steps, batch, -1)

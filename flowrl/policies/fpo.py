@@ -43,7 +43,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from flowrl.flow.losses import flow_matching_loss
+from flowrl.flow.paths import linear_path_sample
 from flowrl.flow.times import UniformTime
 from flowrl.policies.base import FlowPolicyBase
 
@@ -62,10 +62,14 @@ class FPOTerms:
         losses: Per-pair conditional flow-matching losses ℓ_i, shape (M, N), in the
             networks' dtype, with gradient.
         values: V(o), shape (M,).
+        velocities: v(τ_i, x_i, o) per pair, (M, N, Da) (:meth:`FPOPolicy.pair_velocities`).
+        targets: a − ε_i per pair, (M, N, Da).
     """
 
     losses: Tensor
     values: Tensor
+    velocities: Tensor | None = None
+    targets: Tensor | None = None
 
 
 class FPOPolicy(FlowPolicyBase):
@@ -162,23 +166,58 @@ class FPOPolicy(FlowPolicyBase):
         )
         return taus, noises
 
-    def _losses(self, obs_n: Tensor, actions: Tensor, taus: Tensor, noises: Tensor) -> Tensor:
-        """:meth:`cfm_losses` for normalized observations (one network call on M·N rows)."""
+    def _pair_velocities(
+        self, obs_n: Tensor, actions: Tensor, taus: Tensor, noises: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """v(τ_i, x_i, o) and the target a − ε_i of every pair, each (B, N, Da).
+
+        One network call on M·N rows; x_i = (1 − τ_i)·ε_i + τ_i·a (the linear path).
+        """
         batch, num_pairs = taus.shape
         dim = self.actor.config.action_dim
         rows = batch * num_pairs
         cond = obs_n.repeat_interleave(num_pairs, dim=0)
         data = self._cast(actions).repeat_interleave(num_pairs, dim=0)
         t = taus.reshape(rows).to(self.dtype)
-        velocity = self.actor.velocity_fn(cond, self.num_steps)
-        # flow_matching_loss averages over the action dims; ℓ is their sum, ‖·‖².
-        loss = dim * flow_matching_loss(
-            velocity, data, t, noises.reshape(rows, dim).to(self.dtype), reduction="none"
-        )
+        sample = linear_path_sample(noises.reshape(rows, dim).to(self.dtype), data, t)
+        velocity = self.actor.velocity_fn(cond, self.grid)(t, sample.x_t)
+        shape = (batch, num_pairs, dim)
+        return velocity.view(shape), sample.velocity.view(shape)
+
+    def _losses(self, obs_n: Tensor, actions: Tensor, taus: Tensor, noises: Tensor) -> Tensor:
+        """:meth:`cfm_losses` for normalized observations (one network call on M·N rows)."""
+        velocity, target = self._pair_velocities(obs_n, actions, taus, noises)
+        loss = (velocity - target).square().sum(dim=-1)  # ℓ is the sum over Da, ‖·‖²
         if self.prediction == "epsilon":
             # ε̂ − ε = (x_τ − τ·v) − ε = −τ·(v − (a − ε)) on the linear path.
-            loss = t.square() * loss
-        return loss.view(batch, num_pairs)
+            loss = taus.to(loss.dtype).square() * loss
+        return loss
+
+    def pair_velocities(
+        self, obs: Tensor, actions: Tensor, taus: Tensor, noises: Tensor
+    ) -> FPOTerms:
+        """The network's velocities at every pair's path point, targets and values.
+
+        What a forward-process learner (:class:`~flowrl.algos.NFT`) trains on.
+
+        Args:
+            obs: Raw observations, shape (M, Do).
+            actions: a (normalized), shape (M, Da).
+            taus: τ_i, shape (M, N).
+            noises: ε_i, shape (M, N, Da).
+
+        Returns:
+            :class:`FPOTerms` with ``velocities`` and ``targets`` (M, N, Da), ``losses``
+            (M, N) (ℓ_i read as ``"velocity"``) and ``values`` (M,).
+        """
+        obs_n = self._obs_n(obs)
+        velocity, target = self._pair_velocities(obs_n, actions, taus, noises)
+        return FPOTerms(
+            losses=(velocity - target).square().sum(dim=-1),
+            values=self.value_net(obs_n).flatten(),
+            velocities=velocity,
+            targets=target,
+        )
 
     def cfm_losses(self, obs: Tensor, actions: Tensor, taus: Tensor, noises: Tensor) -> Tensor:
         """Per-pair conditional flow-matching losses ℓ_i, shape (B, N).

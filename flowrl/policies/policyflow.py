@@ -206,7 +206,7 @@ class PolicyFlowPolicy(FlowPolicyBase):
         x = path_points(latents, endpoints, times)
         J = times.shape[1]
         cond = obs_n.repeat_interleave(J, dim=0)
-        velocity = self.actor.velocity_fn(cond, self.num_steps)
+        velocity = self.actor.velocity_fn(cond, self.grid)
         return x, velocity(times.flatten(), x.flatten(0, 1)).view_as(x)
 
     def old_terms(

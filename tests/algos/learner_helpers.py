@@ -12,7 +12,7 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
-from flowrl.algos import DPPO, FPO, OnPolicyCore, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, FPO, NFT, OnPolicyCore, PolicyFlow, ReinFlow
 from flowrl.data import Normalizer
 from flowrl.policies import (
     DiffusionPolicy,
@@ -149,6 +149,14 @@ LEARNERS = {
         FPOPolicy,
         lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
         dict(num_mc=4, variant="fpo++"),
+        noise_bounds=False,
+    ),
+    "nft": Learner(
+        NFT,
+        "FPOPolicy",
+        FPOPolicy,
+        lambda K: dict(num_steps=K, actor_config=dict(width=32, depth=1), value_hidden=(32,)),
+        dict(num_mc=4),
         noise_bounds=False,
     ),
 }

@@ -20,7 +20,10 @@ from flowrl.data import OfflineDataset
 from flowrl.policies import FlowPolicy
 
 
-def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
+def test_reinflow_improves_a_weak_bc_policy_on_pendulum(seed):
     bc = weak_bc_actor()
     venv = pendulum_venv()
     policy = FlowPolicy.from_pretrained(
@@ -30,7 +33,7 @@ def test_reinflow_improves_a_weak_bc_policy_on_pendulum():
         noise_hidden=(32, 32),
         value_hidden=(64, 64),
     )
-    model = ReinFlow(policy, venv, n_steps=256, batch_size=256, n_epochs=10, gamma=0.95, seed=0)
+    model = ReinFlow(policy, venv, n_steps=256, batch_size=256, n_epochs=10, gamma=0.95, seed=seed)
     change = improvement(model, 60_000)
     assert change[True] > 300
     assert change[False] > 300

@@ -154,7 +154,7 @@ def test_help_lists_train_groups_only():
     assert done.returncode == 0, done.stderr[-3000:]
     groups = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     for line in (
-        "algo: dppo, dsrl, edp, flowsac, fpo, fpo_pp, policyflow, ppo, reinflow, sac",
+        "algo: dppo, dsrl, edp, flowsac, fpo, fpo_pp, nft, policyflow, ppo, reinflow, sac",
         "policy: diffusion, dsrl, edp, flow, flowsac, fpo, gaussian, policyflow",
         "experiment: hopper_h2h, hopper_medium_1m,",
         "recipe: reinflow_mujoco",

@@ -17,7 +17,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.sac.policies import SACPolicy
 
-from flowrl.algos import DPPO, DSRL, EDP, FPO, FlowSAC, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, DSRL, EDP, FPO, NFT, FlowSAC, PolicyFlow, ReinFlow
 from flowrl.algos.dsrl import LatentSACPolicy
 from flowrl.data import Normalizer
 from flowrl.policies import (
@@ -43,6 +43,7 @@ ALGOS = {
     "policyflow": (PolicyFlow, PolicyFlowPolicy),
     "fpo": (FPO, FPOPolicy),
     "fpo_pp": (FPO, FPOPolicy),
+    "nft": (NFT, FPOPolicy),
     "dppo": (DPPO, DiffusionPolicy),
     "ppo": (PPO, ActorCriticPolicy),
     "sac": (SAC, SACPolicy),
@@ -111,6 +112,7 @@ def test_every_algo_builds_on_every_env(algo, env, tmp_path):
     algo_class, policy_class = ALGOS[algo]
     # No policy named: each algo brings its natural one.
     natural = {"reinflow": "flow", "policyflow": "policyflow", "fpo": "fpo", "fpo_pp": "fpo"}
+    natural["nft"] = "fpo"
     natural.update(dppo="diffusion", flowsac="flowsac", dsrl="dsrl", edp="edp")
     assert cfg.policy.kind == natural.get(algo, "gaussian")
     assert cfg.output_dir == f"outputs/train/{algo}/{env}/seed0"
@@ -298,7 +300,7 @@ def test_edp_config_builds_edp_from_a_pretrained_flow(tmp_path):
     assert TRAIN.compose_config("algo=edp").policy.kind == "edp"  # its natural policy
 
 
-@pytest.mark.parametrize("algo", ["fpo", "fpo_pp", "dppo"])
+@pytest.mark.parametrize("algo", ["fpo", "fpo_pp", "nft", "dppo"])
 def test_tiny_fpo_and_dppo_runs_from_a_bc_checkpoint(algo, tmp_path):
     """The baselines of the head-to-head run through the pipeline from one flow bc.pt."""
     _save_actor(tmp_path / "bc.pt")

@@ -165,6 +165,28 @@ def test_a_batch_that_does_not_divide_the_rollout_warns_as_sb3_does(learner):
         build(learner, algo_change={"n_steps": 16, "batch_size": 8})
 
 
+# NFT's own arguments (DiffusionNFT's β, advantage clip and pairs per action).
+NFT_ARGS = [
+    Bad("beta_zero", {"beta": 0.0}, ValueError, r"beta must be a positive finite number"),
+    Bad("beta_nan", {"beta": float("nan")}, ValueError, r"beta must be a positive finite"),
+    Bad("clip_max_negative", {"clip_max": -1.0}, ValueError, r"clip_max must be a positive"),
+    Bad("num_mc_zero", {"num_mc": 0}, ValueError, r"num_mc .* must be a positive int"),
+    Bad("num_mc_float", {"num_mc": 2.5}, ValueError, r"num_mc .* must be a positive int"),
+    Bad(
+        "entropy_control_on",
+        {"entropy_control": "clip_cov"},
+        ValueError,
+        r"entropy_control='clip_cov' acts on PPO's surrogate, which NFT replaces",
+    ),
+]
+
+
+@pytest.mark.parametrize("bad", NFT_ARGS, ids=lambda b: b.name)
+def test_nft_arguments(bad):
+    with pytest.raises(bad.error, match=bad.match):
+        build("nft", algo_change=bad.change)
+
+
 # ---------------------------------------------------------------------- off-policy learners
 
 # Constructor arguments of the replay-buffer learners (FlowSAC's checks).

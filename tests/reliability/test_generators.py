@@ -24,8 +24,16 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flowrl.generative.data import mixture
+from flowrl.generative.finetune import RewardFinetuneConfig, RewardFinetuneTrainer
 from flowrl.generative.models import MLPGenerator
-from flowrl.generative.trainer import DistillConfig, DistillTrainer, TeacherConfig, TeacherTrainer
+from flowrl.generative.trainer import (
+    DistillConfig,
+    DistillTrainer,
+    GuidanceFreeConfig,
+    GuidanceFreeTrainer,
+    TeacherConfig,
+    TeacherTrainer,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "generators.py"
@@ -61,7 +69,28 @@ def make_rcm(out_dir, steps=8):
     return DistillTrainer(teacher_net, x, y, cfg, out_dir)
 
 
-MAKERS = {"teacher": make_teacher, "rcm": make_rcm}
+def make_gft(out_dir, steps=8):
+    torch.manual_seed(2)
+    x, y = mixture(256, kind="4gaussians", radius=2.0, std=0.1)
+    cfg = GuidanceFreeConfig(
+        steps=steps, batch_size=16, checkpoint_interval=3, sample_interval=0, log_interval=1
+    )
+    net = MLPGenerator(2, width=16, depth=1, num_classes=4, guidance_input=True)
+    return GuidanceFreeTrainer(net, x, y, cfg, out_dir)
+
+
+def make_nft(out_dir, steps=8):
+    torch.manual_seed(3)
+    x, y = mixture(256, kind="4gaussians", radius=2.0, std=0.1)
+    cfg = RewardFinetuneConfig(
+        steps=steps, batch_size=16, group_size=4, sample_steps=2, kl_coef=0.5,
+        checkpoint_interval=3, sample_interval=0, log_interval=1,
+    )  # fmt: skip
+    net = MLPGenerator(2, width=16, depth=1, num_classes=4)
+    return RewardFinetuneTrainer(net, lambda s, labels: -s.norm(dim=1), x, y, cfg, out_dir)
+
+
+MAKERS = {"teacher": make_teacher, "rcm": make_rcm, "gft": make_gft, "nft": make_nft}
 
 
 def assert_same(a, b, where="state"):
@@ -196,7 +225,7 @@ def test_stale_tmp_of_a_killed_save_is_removed_and_ignored(tmp_path):
 # ---------------------------------------------------------------------- interrupts
 
 
-@pytest.mark.parametrize("kind", ["teacher", "rcm"])
+@pytest.mark.parametrize("kind", sorted(MAKERS))
 def test_sigint_finishes_the_step_checkpoints_it_and_resumes_bit_for_bit(tmp_path, kind):
     make = MAKERS[kind]
     full = make(tmp_path / "full")

@@ -147,13 +147,13 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("algo", ["reinflow", "policyflow", "fpo", "fpo_pp", "dppo", "ppo"])
+@pytest.mark.parametrize("algo", ["reinflow", "policyflow", "fpo", "fpo_pp", "nft", "dppo", "ppo"])
 def test_finetuning_stopped_by_ctrl_c_resumes_exactly_where_it_saved(tmp_path, monkeypatch, algo):
     out = tmp_path / "run"
     overrides = [*TINY, f"algo={algo}", f"output_dir={out}"]
     if algo != "reinflow":  # the flow-policy fields above are ReinFlow's policy's
         overrides = [o for o in overrides if not o.startswith("policy.")]
-    if algo in ("policyflow", "fpo", "fpo_pp", "dppo"):  # a small flow net for them too
+    if algo in ("policyflow", "fpo", "fpo_pp", "nft", "dppo"):  # a small flow net for them too
         overrides += ["policy.actor.width=16", "policy.actor.depth=1", "policy.value_hidden=[16]"]
     if algo == "dppo":
         overrides.append("policy.num_steps=2")

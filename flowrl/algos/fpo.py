@@ -47,6 +47,7 @@ __all__ = [
     "PAPER_NUM_MC",
     "VARIANTS",
     "FPO",
+    "check_num_mc",
 ]
 
 # The FPO reference code's defaults (playground/src/flow_policy/fpo.py, FpoConfig:
@@ -58,6 +59,20 @@ Variant = Literal["fpo", "fpo++"]
 VARIANTS: tuple[str, ...] = ("fpo", "fpo++")
 CfmReduction = Literal["sum", "mean"]
 CFM_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+
+
+def check_num_mc(num_mc: object) -> int:
+    """N, the (τ, ε) pairs stored per action (FPO, NFT), checked: a positive int.
+
+    Raises:
+        ValueError: Naming ``num_mc`` and FPO's value.
+    """
+    if isinstance(num_mc, bool) or not isinstance(num_mc, (int, np.integer)) or num_mc < 1:
+        raise ValueError(
+            f"num_mc (the (τ, ε) pairs per action) must be a positive int, got {num_mc!r}; "
+            f"the FPO paper uses {PAPER_NUM_MC}"
+        )
+    return int(num_mc)
 
 
 class FPO(OnPolicyCore):
@@ -122,11 +137,7 @@ class FPO(OnPolicyCore):
         for name, value in flags.items():
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be True, False or None (as variant), got {value!r}")
-        if isinstance(num_mc, bool) or not isinstance(num_mc, (int, np.integer)) or num_mc < 1:
-            raise ValueError(
-                f"num_mc (the (τ, ε) pairs per action) must be a positive int, got {num_mc!r}; "
-                f"the paper uses {PAPER_NUM_MC}"
-            )
+        num_mc = check_num_mc(num_mc)
         if cfm_reduction not in CFM_REDUCTIONS:
             raise ValueError(
                 f"cfm_reduction must be one of {CFM_REDUCTIONS} (sum or mean over the action "

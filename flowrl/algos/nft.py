@@ -33,12 +33,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from stable_baselines3.common.type_aliases import GymEnv
 from torch import Tensor
 
 from flowrl.algos.buffers import FieldRolloutSamples
+from flowrl.algos.fpo import check_num_mc
 from flowrl.algos.on_policy import OnPolicyCore, PolicyTerms, RolloutStep
 from flowrl.flow.losses import nft_loss, optimality_probability
 from flowrl.policies.fpo import FPOPolicy
@@ -96,10 +96,6 @@ class NFT(OnPolicyCore):
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(num_mc, bool) or not isinstance(num_mc, (int, np.integer)) or num_mc < 1:
-            raise ValueError(
-                f"num_mc (the (τ, ε) pairs per action) must be a positive int, got {num_mc!r}"
-            )
         if kwargs.get("entropy_control") is not None:
             raise ValueError(
                 f"entropy_control={kwargs['entropy_control']!r} acts on PPO's surrogate, which "
@@ -107,7 +103,7 @@ class NFT(OnPolicyCore):
             )
         self.beta = float(beta)
         self.clip_max = float(clip_max)
-        self.num_mc = int(num_mc)
+        self.num_mc = check_num_mc(num_mc)
         kwargs.setdefault("learning_rate", DEFAULT_LEARNING_RATE)
         super().__init__(policy, env, **kwargs)
 

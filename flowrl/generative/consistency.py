@@ -535,13 +535,14 @@ def gft_sample(
     net: nn.Module,
     noise: Tensor,
     y: Tensor | None = None,
-    num_steps: int = 32,
+    num_steps: int | TimeGrid = 32,
     method: str = "euler",
     guidance: float = 1.0,
 ) -> Tensor:
     """Integrate a GFT sampling model at guidance w (β = 1/w): ONE network call per Euler step.
 
-    Same grid and integrators as :func:`teacher_sample`; ``y=None`` samples the
+    Same grid (an int K or a :class:`~flowrl.flow.times.TimeGrid`) and integrators as
+    :func:`teacher_sample`; ``y=None`` samples the
     unconditional model (w must then be 1).
 
     Raises:

@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from flowrl.flow.boss import bellman_grid, local_error_costs, reference_trajectory  # noqa: E402
-from flowrl.flow.times import TimeGrid  # noqa: E402
-from flowrl.generative.boss import (  # noqa: E402
+from flowrl.flow.boss import bellman_grid, local_error_costs, reference_trajectory
+from flowrl.flow.times import TimeGrid
+from flowrl.generative.boss import (
     BossConfig,
     BossTrainer,
     boss_reference,
@@ -46,8 +44,9 @@ STUDENT_STEPS = (1, 2, 4)
 
 def _generators_config(gen_dir: Path) -> Any:
     """The pipeline's config of that run (its Hydra record over the schema's defaults)."""
-    from generators import GeneratorsConfig
     from omegaconf import OmegaConf
+
+    from flowrl.experiments.generators import GeneratorsConfig
 
     schema = OmegaConf.structured(GeneratorsConfig)
     saved = gen_dir / ".hydra" / "config.yaml"
@@ -59,8 +58,7 @@ def _generators_config(gen_dir: Path) -> Any:
 
 def run_digits(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """BOSS on the digits CFG teacher; returns the section of the results."""
-    from generators import Evaluator, load_data, make_net
-
+    from flowrl.experiments.generators import Evaluator, load_data, make_net
     from flowrl.generative.trainer import DistillTrainer, TeacherTrainer
     from flowrl.generative.visualize import save_comparison
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from flowrl.experiments.generators import Evaluator, GeneratorsConfig, load_teacher
 from flowrl.generative.data import digits
 from flowrl.generative.finetune import (
     ClassProbabilityReward,
@@ -42,11 +43,6 @@ from flowrl.generative.finetune import (
 )
 from flowrl.generative.metrics import train_digit_classifier
 from flowrl.generative.visualize import save_comparison
-
-try:  # run as a script (experiments/ on sys.path) or as flowrl.experiments.nft
-    from generators import Evaluator, GeneratorsConfig, load_teacher
-except ImportError:  # pragma: no cover
-    from flowrl.experiments.generators import Evaluator, GeneratorsConfig, load_teacher
 
 
 def make_reward(name: str) -> Any:

@@ -140,7 +140,7 @@ def test_update_time_quick_writes_json_and_table(tmp_path):
     script = ROOT / "experiments" / "benchmarks" / "update_time.py"
     run_script(script, "--quick", "--out", str(out), timeout=300)
     result = json.loads(out.read_text())
-    flow = {"reinflow", "policyflow", "fpo", "fpo_pp", "dppo"}
+    flow = {"reinflow", "policyflow", "fpo", "fpo_pp", "nft", "dppo"}
     assert set(result["learners"]) == flow | {"ppo", "sac"}
     for name in flow:  # matched settings: 2 rollouts, 2 epochs of 2 minibatches, as PPO
         assert result["learners"][name]["gradient_steps"] == 8, name

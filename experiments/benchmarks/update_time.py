@@ -6,7 +6,7 @@
 
 Every learner trains for the same number of env steps after an untimed warm-up, with the
 same hidden width W (PPO and SAC: two W-wide layers per network; the flow learners —
-ReinFlow, PolicyFlow, FPO, FPO++, DPPO — a residual velocity (DPPO: noise) net of width W
+ReinFlow, PolicyFlow, FPO, FPO++, NFT, DPPO — a residual velocity (DPPO: noise) net of width W
 with ``--depth`` blocks, K = ``--num-steps``, and a W × W value net; DPPO fine-tunes all K
 steps) and one torch thread. ``dppo:K:K′`` adds a DPPO row at its own K and K′ (the DPPO
 paper's Gym setting is 20 and 10, against ReinFlow's K = 4). The instance's ``train`` (the
@@ -36,15 +36,16 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
-from flowrl.algos import DPPO, FPO, PolicyFlow, ReinFlow
+from flowrl.algos import DPPO, FPO, NFT, PolicyFlow, ReinFlow
 
-LEARNERS = ("reinflow", "policyflow", "fpo", "fpo_pp", "dppo", "ppo", "sac")
+LEARNERS = ("reinflow", "policyflow", "fpo", "fpo_pp", "nft", "dppo", "ppo", "sac")
 # The flow learners: algorithm, policy alias, and their own arguments.
 FLOW_LEARNERS: dict[str, tuple[type[BaseAlgorithm], str, dict[str, Any]]] = {
     "reinflow": (ReinFlow, "FlowPolicy", {}),
     "policyflow": (PolicyFlow, "PolicyFlowPolicy", {}),
     "fpo": (FPO, "FPOPolicy", {}),
     "fpo_pp": (FPO, "FPOPolicy", {"variant": "fpo++"}),
+    "nft": (NFT, "FPOPolicy", {}),
     "dppo": (DPPO, "DiffusionPolicy", {}),
 }
 

@@ -778,13 +778,20 @@ class TeacherTrainer(GeneratorTrainer):
         """The EMA network (what students distil)."""
         return self.ema.shadow
 
+    # The integration of :meth:`sample` (GFT's integrates its sampling model in one call a step).
+    _integrate = staticmethod(teacher_sample)
+
+    def _loss(self, x1: Tensor, y: Tensor | None, t: Tensor) -> Tensor:
+        """The step's loss on a batch at times ``t`` (draws its noise from the generator)."""
+        cfg: TeacherConfig = self.config  # type: ignore[assignment]
+        return teacher_loss(self.model, x1, y, t, self.randn_like(x1), cfg.p_uncond, self.generator)
+
     def train_step(self) -> dict[str, float]:
         """One flow-matching step."""
-        cfg: TeacherConfig = self.config  # type: ignore[assignment]
         x1, y = self.batch()
         t = self.time_sampler(len(x1), generator=self.generator)
         self.model.train()
-        loss = teacher_loss(self.model, x1, y, t, self.randn_like(x1), cfg.p_uncond, self.generator)
+        loss = self._loss(x1, y, t)
         out = {"loss": float(loss.detach())}
         out["grad_norm"] = self._apply(loss, list(self.model.parameters()), out)
         out["lr"] = self.scheduler.get_last_lr()[0]
@@ -798,10 +805,10 @@ class TeacherTrainer(GeneratorTrainer):
         guidance: float | None = None,
         method: str = "euler",
     ) -> Tensor:
-        """N samples of the EMA teacher with K Euler (or Heun) steps."""
+        """N samples of the EMA teacher with K Euler (or Heun) steps at guidance w."""
         cfg: TeacherConfig = self.config  # type: ignore[assignment]
         noise = torch.randn((n, *self.data.shape[1:]))
-        return teacher_sample(
+        return self._integrate(
             self.teacher,
             noise,
             y,
@@ -870,39 +877,14 @@ class GuidanceFreeTrainer(TeacherTrainer):
         net = teacher.teacher if isinstance(teacher, TeacherTrainer) else teacher
         return cls(with_guidance_input(net), data, labels, config, out_dir)
 
-    def train_step(self) -> dict[str, float]:
-        """One GFT step."""
+    _integrate = staticmethod(gft_sample)  # one network call per step
+
+    def _loss(self, x1: Tensor, y: Tensor | None, t: Tensor) -> Tensor:
+        """GFT's loss, β drawn per sample from ``beta_range`` (then the noise)."""
         cfg: GuidanceFreeConfig = self.config  # type: ignore[assignment]
-        x1, y = self.batch()
-        t = self.time_sampler(len(x1), generator=self.generator)
         beta = gft_betas(len(x1), cfg.beta_range, self.generator).to(x1.dtype)
         noise = self.randn_like(x1)
-        self.model.train()
-        loss = gft_loss(self.model, x1, y, t, noise, beta, cfg.p_uncond, self.generator)  # type: ignore[arg-type]
-        out = {"loss": float(loss.detach())}
-        out["grad_norm"] = self._apply(loss, list(self.model.parameters()), out)
-        out["lr"] = self.scheduler.get_last_lr()[0]
-        return out
-
-    def sample(
-        self,
-        n: int,
-        num_steps: int | None = None,
-        y: Tensor | None = None,
-        guidance: float | None = None,
-        method: str = "euler",
-    ) -> Tensor:
-        """N samples of the EMA sampling model at guidance w: one network call per step."""
-        cfg: GuidanceFreeConfig = self.config  # type: ignore[assignment]
-        noise = torch.randn((n, *self.data.shape[1:]))
-        return gft_sample(
-            self.teacher,
-            noise,
-            y,
-            num_steps or cfg.sample_steps,
-            method,
-            cfg.guidance if guidance is None else guidance,
-        )
+        return gft_loss(self.model, x1, y, t, noise, beta, cfg.p_uncond, self.generator)  # type: ignore[arg-type]
 
 
 class DistillTrainer(GeneratorTrainer):

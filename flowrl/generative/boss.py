@@ -15,7 +15,6 @@ ICLR 2024 (arXiv 2312.16414). The maths is in :mod:`flowrl.flow.boss`; here:
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from flowrl.flow.boss import reference_trajectory, straightening_loss
 from flowrl.flow.integrators import VelocityFn
 from flowrl.flow.times import Steps, TimeGrid
 from flowrl.generative.consistency import guided_velocity, teacher_sample
-from flowrl.generative.trainer import GeneratorTrainer, TrainerConfig
+from flowrl.generative.trainer import GeneratorTrainer, TrainerConfig, trainable_copy
 from flowrl.nets import EMA
 
 __all__ = ["BossConfig", "BossTrainer", "boss_reference", "teacher_velocity"]
@@ -145,7 +144,7 @@ class BossTrainer(GeneratorTrainer):
             )
         super().__init__(states, labels, config or BossConfig(), out_dir)
         self.grid = grid
-        self.model = copy.deepcopy(net).requires_grad_(True)
+        self.model = trainable_copy(net)
         self._share_weights(self.model)
         self.ema = EMA(self.model, self.config.ema_decay)
         self._knots = torch.tensor(grid.knots, dtype=states.dtype)

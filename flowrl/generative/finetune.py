@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from flowrl.flow.losses import nft_loss, optimality_probability
-from flowrl.flow.paths import expand_time
+from flowrl.flow.paths import expand_time, linear_path_sample
 from flowrl.flow.times import make_time_sampler
 from flowrl.generative.consistency import teacher_sample
-from flowrl.generative.trainer import GeneratorTrainer, TrainerConfig
+from flowrl.generative.trainer import GeneratorTrainer, TrainerConfig, trainable_copy
 from flowrl.nets import EMA
 
 __all__ = [
@@ -245,8 +245,8 @@ class RewardFinetuneTrainer(GeneratorTrainer):
         if not callable(reward):
             raise ValueError(f"reward must be callable (samples, labels) -> (B,), got {reward!r}")
         self.reward = reward
-        self.model = _trainable_copy(net)
-        self.reference = _trainable_copy(net).eval().requires_grad_(False)
+        self.model = trainable_copy(net)
+        self.reference = copy.deepcopy(net).eval().requires_grad_(False)
         self._share_weights(self.model, self.reference)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.old = EMA(self.model, cfg.old_decay)
@@ -290,9 +290,8 @@ class RewardFinetuneTrainer(GeneratorTrainer):
         adv = group_advantages(rewards, cfg.group_size)
         t = self.time_sampler(len(x1), generator=self.generator)
         eps = self.randn_like(x1)
-        tt = expand_time(t, x1)
-        x_t = (1 - tt) * eps + tt * x1
-        target = x1 - eps
+        path = linear_path_sample(eps, x1, t)
+        x_t, target = path.x_t, path.velocity
         self.model.train()
         velocity = self.model(x_t, t, y)
         out = {"reward": float(rewards.mean()), "reward_std": float(rewards.std())}
@@ -306,7 +305,7 @@ class RewardFinetuneTrainer(GeneratorTrainer):
                 target,
                 r,
                 beta=cfg.beta,
-                scale=(1 - tt) if cfg.data_space else None,
+                scale=expand_time(1 - t, x1) if cfg.data_space else None,
                 adaptive=cfg.adaptive,
             )
             out["optimality"] = float(r.mean())
@@ -351,8 +350,3 @@ class RewardFinetuneTrainer(GeneratorTrainer):
     def _load_extra_state(self, state: dict[str, object]) -> None:
         self.old.load_state_dict(state["old"])  # type: ignore[arg-type]
         self.reference.load_state_dict(state["reference"])  # type: ignore[arg-type]
-
-
-def _trainable_copy(net: nn.Module) -> nn.Module:
-    """A deep copy that trains even if ``net`` came frozen (an EMA shadow)."""
-    return copy.deepcopy(net).requires_grad_(True).train()

@@ -86,6 +86,7 @@ __all__ = [
     "TeacherConfig",
     "TeacherTrainer",
     "TrainerConfig",
+    "trainable_copy",
 ]
 
 
@@ -267,6 +268,14 @@ def _not_a_checkpoint(path: str | os.PathLike, why: str) -> ValueError:
         f"{os.fspath(path)!r} is not a flowrl generator checkpoint: {why}. Move it away (or "
         "restore a good copy) to train this stage from the start."
     )
+
+
+def trainable_copy(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net`` in training mode whose parameters train.
+
+    Even if ``net`` came frozen (an EMA shadow); ``net`` itself is not touched.
+    """
+    return copy.deepcopy(net).requires_grad_(True).train()
 
 
 def _lr_lambda(config: TrainerConfig) -> Any:
@@ -917,9 +926,7 @@ class DistillTrainer(GeneratorTrainer):
         self.teacher_net = frozen
         self.teacher = TrigFlowWrapper(frozen, cfg.sigma_d, cfg.guidance)
         # The copies must train even if the teacher came frozen (an EMA shadow).
-        self.model = TrigFlowWrapper(
-            copy.deepcopy(teacher).requires_grad_(True).train(), cfg.sigma_d
-        )
+        self.model = TrigFlowWrapper(trainable_copy(teacher), cfg.sigma_d)
         with torch.random.fork_rng():  # the weighting net's init follows config.seed
             torch.manual_seed(cfg.seed)
             self.weight = AdaptiveWeight() if cfg.adaptive_weight else None
@@ -932,7 +939,7 @@ class DistillTrainer(GeneratorTrainer):
         self._setup_optimizer(params)
         self.fake: nn.Module | None = None
         if cfg.dmd_weight > 0:
-            self.fake = copy.deepcopy(teacher).requires_grad_(True).train()
+            self.fake = trainable_copy(teacher)
             self.fake_optimizer = torch.optim.AdamW(
                 self.fake.parameters(), lr=cfg.fake_lr, betas=cfg.betas
             )

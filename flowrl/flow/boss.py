@@ -63,10 +63,9 @@ def candidate_knots(candidates: Steps) -> list[float]:
         candidates: N (the uniform candidates i/N, computed exactly in Python) or a
             :class:`~flowrl.flow.times.TimeGrid` whose knots are the candidates.
     """
-    if isinstance(candidates, TimeGrid):
-        return list(candidates.knots)
-    n = num_steps_of(candidates)
-    return [i / n for i in range(n)] + [1.0]
+    if not isinstance(candidates, TimeGrid):
+        candidates = TimeGrid.uniform(num_steps_of(candidates))
+    return list(candidates.knots)
 
 
 def _refine(knots: list[float], substeps: int) -> TimeGrid:

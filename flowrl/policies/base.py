@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from flowrl.compile import CompiledPaths, check_compile
 from flowrl.data.normalizers import Normalizer
 from flowrl.flow.integrators import gaussian_log_prob, integrate
-from flowrl.flow.times import Steps, TimeGrid, as_steps, num_steps_of, steps_to_plain, time_grid
+from flowrl.flow.times import Steps, TimeGrid, as_steps, num_steps_of, steps_to_plain
 from flowrl.nets.mlp import ACTIVATIONS, MLP
 from flowrl.policies.flow_actor import FlowActor, FlowActorConfig
 
@@ -363,8 +363,7 @@ class FlowPolicyBase(BasePolicy):
         self.grid: Steps = (
             as_steps(num_steps) if num_steps is not None else self.actor.config.num_steps
         )
-        self.num_steps = num_steps_of(self.grid)
-        time_grid(self.grid)  # validates the grid early
+        self.num_steps = num_steps_of(self.grid)  # validates K early
         self.actor.check_num_steps(self.grid)  # a shortcut actor's trained uniform K only
         self._build_noise(obs_dim, action_dim)
         self.value_hidden = tuple(value_hidden)

@@ -171,17 +171,14 @@ class FlowActor(nn.Module):
             ValueError: If K is not a positive int, not a trained shortcut step count, or the
                 grid is non-uniform for a shortcut actor.
         """
-        if isinstance(num_steps, TimeGrid):
-            if self.config.shortcut and not num_steps.is_uniform:
-                raise ValueError(
-                    f"this shortcut actor was trained on uniform steps d = 1/K and cannot "
-                    f"sample on the non-uniform grid {num_steps!r}: its step-size input would "
-                    "be queried at sizes it never learned. Use an int num_steps (uniform "
-                    "grid), or a plain (shortcut=False) flow actor for a BOSS grid"
-                )
-            num_steps = num_steps.num_steps
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int or a TimeGrid, got {num_steps!r}")
+        if isinstance(num_steps, TimeGrid) and self.config.shortcut and not num_steps.is_uniform:
+            raise ValueError(
+                f"this shortcut actor was trained on uniform steps d = 1/K and cannot "
+                f"sample on the non-uniform grid {num_steps!r}: its step-size input would "
+                "be queried at sizes it never learned. Use an int num_steps (uniform "
+                "grid), or a plain (shortcut=False) flow actor for a BOSS grid"
+            )
+        num_steps = num_steps_of(num_steps)  # K, validated
         if self.config.shortcut and num_steps not in self.config.shortcut_num_steps():
             valid = self.config.shortcut_num_steps()
             raise ValueError(
